@@ -1,0 +1,202 @@
+"""One benchmark interface for all six datasets.
+
+A benchmark knows its published split files, how a record becomes a
+:class:`Problem`, how an output is scored (AFlow's rules, SPEC section 2), the
+executor prompts around scoring (answer extraction; the inference judge), and what
+the workflow generator needs (operators, template workflow, trial problem,
+banned substrings, similarity threshold and time limits; SPEC sections 3 and 4).
+
+Shared behaviour lives in the three family classes (code, math, QA); a dataset
+module only adds what is really its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from scoreflow.config import DatasetSettings
+from scoreflow.errors import ScoreFlowError
+from scoreflow.jsonio import read_jsonl
+from scoreflow.sandbox import Sandbox, SandboxSettings
+
+Family = Literal["code", "math", "qa"]
+Split = Literal["validate", "test"]
+SPLITS: tuple[Split, ...] = ("validate", "test")
+
+# Every generated workflow is rejected if it contains one of these (SPEC section 4).
+BANNED_EVERYWHERE: tuple[str, ...] = (".split(' ')", "int(")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One benchmark problem as the pipeline sees it."""
+
+    id: str
+    question: str  # what the generator sees (QA: the question without its context)
+    input: str  # what the workflow's operators receive as the problem
+    answer: str  # the reference (code: the canonical solution)
+    entry_point: str = ""  # code: the function the solution must define
+    test: str = ""  # code: hidden tests defining check(...)
+    public_tests: tuple[str, ...] = ()  # code: asserts on `candidate` the Test operator may run
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A scored output: the score in [0, 1], what was compared, and why."""
+
+    value: float
+    prediction: str
+    detail: str = ""
+
+
+class Benchmark(ABC):
+    """A dataset: its splits, scorer, executor prompts and generation settings."""
+
+    name: ClassVar[str]
+    family: ClassVar[Family]
+    file_stem: ClassVar[str]  # AFlow's file names: <stem>_<split>.jsonl
+    id_field: ClassVar[str]  # the record field that names a problem ("" for a content hash)
+    split_sizes: ClassVar[dict[str, int]]  # published record counts
+    operators: ClassVar[tuple[str, ...]]
+    template_workflow: ClassVar[str]
+    banned_substrings: ClassVar[tuple[str, ...]] = BANNED_EVERYWHERE
+    public_test_key: ClassVar[str] = ""  # public-test file field that names the problem
+
+    def __init__(
+        self,
+        settings: DatasetSettings | None = None,
+        sandbox_settings: SandboxSettings | None = None,
+        sandbox: Sandbox | None = None,
+    ) -> None:
+        self.settings = settings or DatasetSettings()
+        self.sandbox_settings = sandbox_settings or SandboxSettings()
+        self._sandbox = sandbox
+
+    # ------------------------------------------------------------ data
+
+    @classmethod
+    def record_id(cls, record: dict[str, Any]) -> str:
+        """A problem's stable id: its id field, or a hash of its text where it has none."""
+        if cls.id_field:
+            return str(record[cls.id_field])
+        return content_hash(cls.hashed_text(record))
+
+    @classmethod
+    def hashed_text(cls, record: dict[str, Any]) -> str:
+        raise NotImplementedError(f"{cls.name} has an id field")
+
+    @classmethod
+    def required_fields(cls) -> tuple[str, ...]:
+        """Record fields a split file must have (checked when preparing data)."""
+        return ()
+
+    def load(self, split: Split, data_dir: str | Path) -> list[Problem]:
+        """Problems of a prepared split (``python -m data.prepare`` writes them)."""
+        path = split_path(data_dir, self.name, split)
+        if not path.exists():
+            raise ScoreFlowError(
+                f"{path}: {self.name} {split} split is not prepared; "
+                f"run: python -m data.prepare --dataset {self.name}"
+            )
+        public = self._public_tests(Path(data_dir))
+        problems = []
+        for number, record in enumerate(read_jsonl(path), start=1):
+            missing = [f for f in self.required_fields() if f not in record]
+            if missing:
+                raise ScoreFlowError(f"{path}:{number}: record lacks field {missing[0]!r}")
+            problems.append(self.to_problem(record, public))
+        return problems
+
+    @abstractmethod
+    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[str]]) -> Problem:
+        """Turn one published record into a Problem."""
+
+    def _public_tests(self, data_dir: Path) -> dict[str, list[str]]:
+        if not self.public_test_key:
+            return {}
+        path = public_tests_path(data_dir, self.name)
+        if not path.exists():
+            return {}
+        return {str(r[self.public_test_key]): list(r["test"]) for r in read_jsonl(path)}
+
+    # ------------------------------------------------------------ scoring
+
+    @abstractmethod
+    async def score(self, problem: Problem, output: str) -> Score:
+        """Score a workflow's (extracted) output against the reference, in [0, 1]."""
+
+    def extraction_prompt(self, problem: Problem, output: str) -> str | None:
+        """The executor call that pulls the final answer out of a workflow's output.
+
+        None where outputs are scored as they are (code).
+        """
+        return None
+
+    def judge_prompt(self, problem: Problem, output: str) -> str | None:
+        """The inference-time judge call (MATH, DROP, HotpotQA); None elsewhere."""
+        return None
+
+    def judge_precheck(self, problem: Problem, output: str) -> float | None:
+        """A score decided without asking the judge (HotpotQA's length rule)."""
+        return None
+
+    @staticmethod
+    def parse_judgement(reply: str) -> float:
+        """1.0 if the judge's reply ends in a verdict of 1, else 0.0."""
+        verdicts = re.findall(r"(?<![\d.])([01])(?![\d.])", reply)
+        return 1.0 if verdicts and verdicts[-1] == "1" else 0.0
+
+    # ------------------------------------------------------------ generation
+
+    @property
+    def similarity_threshold(self) -> float:
+        return self.settings.similarity_threshold
+
+    @property
+    def workflow_time_limit_s(self) -> float:
+        return self.settings.workflow_time_limit_s
+
+    @property
+    def trial_time_limit_s(self) -> float:
+        return self.settings.trial_time_limit_s
+
+    @property
+    @abstractmethod
+    def trial_problem(self) -> Problem:
+        """A tiny problem every generated workflow must solve in time before it is kept."""
+
+    # ------------------------------------------------------------ helpers
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """The sandbox scoring runs in, started on first use."""
+        if self._sandbox is None:
+            self._sandbox = self._make_sandbox()
+        return self._sandbox
+
+    def _make_sandbox(self) -> Sandbox:
+        return Sandbox(self.sandbox_settings)
+
+    def close(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
+
+
+def split_path(data_dir: str | Path, dataset: str, split: str) -> Path:
+    return Path(data_dir) / dataset / f"{split}.jsonl"
+
+
+def public_tests_path(data_dir: str | Path, dataset: str) -> Path:
+    return Path(data_dir) / dataset / "public_tests.jsonl"
+
+
+def content_hash(text: str) -> str:
+    """Id of a record that has none (MATH): sha256 of its text, 16 hex digits."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

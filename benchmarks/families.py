@@ -1,0 +1,171 @@
+"""The three benchmark families: code, math and question answering.
+
+Each family holds the behaviour its datasets share: the operator set and template
+workflow of SPEC section 3, the trial problem of section 4, the executor prompts
+around scoring (section 2) and the scoring path itself. Prompt wording is ours.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any, ClassVar
+
+from benchmarks import scoring
+from benchmarks.base import Benchmark, Problem, Score
+from scoreflow.codeutil import sanitize
+
+
+def template(operator_attr: str, operator_class: str, call: str) -> str:
+    """A one-operator template workflow in the language the generator writes."""
+    return (
+        "class Workflow:\n"
+        "    def __init__(self, config, problem) -> None:\n"
+        f"        self.{operator_attr} = operator.{operator_class}(config, problem)\n"
+        "\n"
+        "    async def run_workflow(self):\n"
+        f"        solution = await self.{operator_attr}({call})\n"
+        "        return solution\n"
+    )
+
+
+JUDGE_PROMPT = """You are grading an answer against a reference.
+
+Question:
+{question}
+
+Reference answer:
+{reference}
+
+Candidate answer:
+{candidate}
+
+Decide whether the candidate answer means the same as the reference answer; ignore \
+formatting, wording and units that do not change the value. Reply with a single digit: \
+1 if it is correct, 0 if it is not."""
+
+
+# ---------------------------------------------------------------- code
+
+
+class CodeBenchmark(Benchmark):
+    """HumanEval and MBPP: a function is written, then checked by hidden tests in the sandbox."""
+
+    family = "code"
+    operators = ("CustomCodeGenerate", "ScEnsemble", "Review", "Test")
+    template_workflow = template(
+        "code_generate",
+        "CustomCodeGenerate",
+        'instruction="Write a correct, complete Python function for the problem."',
+    )
+    public_test_key = "entry_point"
+    # Names AFlow's checker puts in scope before the solution runs.
+    prelude: ClassVar[str] = "import math\nimport hashlib\nimport re\nfrom typing import Any, Dict, List, Optional, Tuple\n"
+
+    @classmethod
+    def required_fields(cls) -> tuple[str, ...]:
+        return ("prompt", "entry_point", "test")
+
+    def check_call(self, problem: Problem) -> str:
+        """The statement that runs the hidden tests (``check(...)``)."""
+        raise NotImplementedError
+
+    def helper_prelude(self, problem: Problem) -> str:
+        """Code placed before the solution so helpers the prompt refers to exist."""
+        return ""
+
+    def check_program(self, problem: Problem, solution: str) -> str:
+        """The whole program the sandbox runs: prelude, solution, hidden tests, call."""
+        defined = (
+            f"if {problem.entry_point!r} not in globals():\n"
+            f"    raise NameError('the solution does not define {problem.entry_point}')\n"
+        )
+        return "\n\n".join(
+            [self.prelude + self.helper_prelude(problem), solution, defined, problem.test, self.check_call(problem)]
+        ) + "\n"
+
+    async def score(self, problem: Problem, output: str) -> Score:
+        solution = sanitize(output, problem.entry_point)
+        result = await self.sandbox.run(
+            self.check_program(problem, solution), time_limit_s=self.settings.check_time_limit_s
+        )
+        return Score(1.0 if result.passed else 0.0, solution, f"{result.status}: {result.message}")
+
+
+def prompt_helpers(prompt: str, entry_point: str) -> str:
+    """Top-level functions a code prompt defines besides the entry point, as source."""
+    try:
+        tree = ast.parse(prompt)
+    except SyntaxError:
+        return ""
+    helpers = [
+        ast.get_source_segment(prompt, node) or ""
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != entry_point
+    ]
+    return "\n\n".join(h for h in helpers if h) + ("\n" if helpers else "")
+
+
+# ---------------------------------------------------------------- math
+
+
+class MathBenchmark(Benchmark):
+    """GSM8K and MATH: one answer, extracted by the executor, compared exactly."""
+
+    family = "math"
+    operators = ("Custom", "Programmer", "ScEnsemble", "Review")
+    template_workflow = template(
+        "custom", "Custom", 'instruction="Solve the problem step by step and state the final answer."'
+    )
+    banned_substrings = (*Benchmark.banned_substrings, "self.loop.append")
+    extraction_rule: ClassVar[str]
+
+    def extraction_prompt(self, problem: Problem, output: str) -> str | None:
+        return (
+            "Below is a solution to a math problem.\n\n"
+            f"Problem:\n{problem.question}\n\nSolution:\n{output}\n\n"
+            f"Extract the final answer of the solution. {self.extraction_rule}"
+        )
+
+    @property
+    def trial_problem(self) -> Problem:
+        return Problem(id="trial", question=TRIAL_QUESTION, input=TRIAL_QUESTION, answer="3")
+
+
+# ---------------------------------------------------------------- QA
+
+
+class QABenchmark(Benchmark):
+    """DROP and HotpotQA: an answer phrase scored by token F1 against the reference."""
+
+    family = "qa"
+    operators = ("Custom", "AnswerGenerate", "ScEnsemble", "Review")
+    template_workflow = template("answer_generate", "AnswerGenerate", "")
+
+    def extraction_prompt(self, problem: Problem, output: str) -> str | None:
+        return (
+            "Below is a response to a question about a text.\n\n"
+            f"Question:\n{problem.question}\n\nResponse:\n{output}\n\n"
+            "Extract the final answer the response gives. Reply with the answer only — a name, "
+            "phrase, date or number as short as possible — without explanation."
+        )
+
+    def judge_prompt(self, problem: Problem, output: str) -> str | None:
+        return JUDGE_PROMPT.format(question=problem.question, reference=self.judge_reference(problem), candidate=output)
+
+    def judge_reference(self, problem: Problem) -> str:
+        return problem.answer
+
+    def trial_record(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def trial_problem(self) -> Problem:
+        return self.to_problem(self.trial_record(), {})
+
+
+TRIAL_QUESTION = "A is 1, B is 2, what is A + B?"
+
+
+def f1_score(value: float, prediction: str) -> Score:
+    return Score(value, prediction, f"f1={value:.3f}")
+

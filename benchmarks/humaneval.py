@@ -1,0 +1,56 @@
+"""HumanEval: complete a documented Python function; hidden tests call ``check(candidate)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.base import Problem
+from benchmarks.families import CodeBenchmark, prompt_helpers
+
+# AFlow adds the helper a prompt refers to for exactly these three problems.
+HELPER_PRELUDE_ENTRY_POINTS = frozenset({"decode_cyclic", "decode_shift", "find_zero"})
+
+TRIAL_PROMPT = '''def add(a: int, b: int) -> int:
+    """Return the sum of a and b.
+    >>> add(1, 2)
+    3
+    """
+'''
+
+
+class HumanEval(CodeBenchmark):
+    name = "HumanEval"
+    file_stem = "humaneval"
+    id_field = "task_id"
+    split_sizes = {"validate": 33, "test": 131}
+
+    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[str]]) -> Problem:
+        return Problem(
+            id=str(record["task_id"]),
+            question=record["prompt"],
+            input=record["prompt"],
+            answer=record.get("canonical_solution", ""),
+            entry_point=record["entry_point"],
+            test=record["test"],
+            public_tests=tuple(public_tests.get(record["entry_point"], ())),
+        )
+
+    def check_call(self, problem: Problem) -> str:
+        return f"check({problem.entry_point})"
+
+    def helper_prelude(self, problem: Problem) -> str:
+        if problem.entry_point not in HELPER_PRELUDE_ENTRY_POINTS:
+            return ""
+        return prompt_helpers(problem.input, problem.entry_point)
+
+    @property
+    def trial_problem(self) -> Problem:
+        return Problem(
+            id="trial",
+            question=TRIAL_PROMPT,
+            input=TRIAL_PROMPT,
+            answer="    return a + b\n",
+            entry_point="add",
+            test="def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-4, 4) == 0\n",
+            public_tests=("assert candidate(1, 2) == 3",),
+        )

@@ -1,0 +1,5 @@
+"""ScoreFlow: score-based preference optimisation of LLM agent workflows."""
+
+from scoreflow.errors import ScoreFlowError
+
+__all__ = ["ScoreFlowError"]
