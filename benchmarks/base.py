@@ -114,16 +114,20 @@ class Benchmark(ABC):
         return problems
 
     @abstractmethod
-    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[str]]) -> Problem:
+    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:
         """Turn one published record into a Problem."""
 
-    def _public_tests(self, data_dir: Path) -> dict[str, list[str]]:
+    def _public_tests(self, data_dir: Path) -> dict[str, list[list[str]]]:
+        """Public-test lists by key; a key can name several problems (MBPP reuses names)."""
         if not self.public_test_key:
             return {}
         path = public_tests_path(data_dir, self.name)
         if not path.exists():
             return {}
-        return {str(r[self.public_test_key]): list(r["test"]) for r in read_jsonl(path)}
+        tests: dict[str, list[list[str]]] = {}
+        for record in read_jsonl(path):
+            tests.setdefault(str(record[self.public_test_key]), []).append(list(record["test"]))
+        return tests
 
     # ------------------------------------------------------------ scoring
 

@@ -30,7 +30,7 @@ class MATH(MathBenchmark):
     def required_fields(cls) -> tuple[str, ...]:
         return ("problem", "solution")
 
-    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[str]]) -> Problem:
+    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:
         return Problem(
             id=self.record_id(record),
             question=record["problem"],
@@ -60,4 +60,11 @@ class MATH(MathBenchmark):
         return Sandbox(self.sandbox_settings, site_packages=True, preload=SYMPY_MODULES)
 
 
-SYMPY_MODULES = ("sympy", "sympy.parsing.latex", "sympy.parsing.sympy_parser")
+# Loaded in the fork server: children then start with them (the LaTeX parser pulls in
+# numpy, which needs ctypes, which the sandbox refuses to import).
+SYMPY_MODULES = (
+    "sympy",
+    "sympy.parsing.sympy_parser",
+    "sympy.parsing.latex",
+    "sympy.parsing.latex._parse_latex_antlr",
+)

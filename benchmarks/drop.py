@@ -22,7 +22,7 @@ class DROP(QABenchmark):
     def required_fields(cls) -> tuple[str, ...]:
         return ("id", "context", "ref_text")
 
-    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[str]]) -> Problem:
+    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:
         context = record["context"]
         return Problem(id=str(record["id"]), question=question_of(context), input=context, answer=record["ref_text"])
 

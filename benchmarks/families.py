@@ -91,6 +91,19 @@ class CodeBenchmark(Benchmark):
         return Score(1.0 if result.passed else 0.0, solution, f"{result.status}: {result.message}")
 
 
+def select_public_tests(entry_point: str, hidden_test: str, public: dict[str, list[list[str]]]) -> tuple[str, ...]:
+    """The public asserts of this problem: those for its entry point that its hidden tests also make.
+
+    Several MBPP problems share an entry-point name, so the name alone can pick
+    another problem's tests; where no candidate matches the hidden tests, a lone
+    candidate is still trusted and several are dropped.
+    """
+    candidates = public.get(entry_point, [])
+    matching = [t for t in candidates if all(a.replace("candidate", entry_point, 1) in hidden_test for a in t)]
+    chosen = matching or (candidates if len(candidates) == 1 else [])
+    return tuple(chosen[0]) if chosen else ()
+
+
 def prompt_helpers(prompt: str, entry_point: str) -> str:
     """Top-level functions a code prompt defines besides the entry point, as source."""
     try:

@@ -20,7 +20,7 @@ class GSM8K(MathBenchmark):
     def required_fields(cls) -> tuple[str, ...]:
         return ("question", "answer")
 
-    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[str]]) -> Problem:
+    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:
         return Problem(id=str(record["id"]), question=record["question"], input=record["question"], answer=str(record["answer"]))
 
     async def score(self, problem: Problem, output: str) -> Score:

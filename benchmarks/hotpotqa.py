@@ -23,7 +23,7 @@ class HotpotQA(QABenchmark):
     def required_fields(cls) -> tuple[str, ...]:
         return ("_id", "question", "context", "answer")
 
-    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[str]]) -> Problem:
+    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:
         return Problem(
             id=str(record["_id"]),
             question=record["question"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.base import Problem
-from benchmarks.families import CodeBenchmark, prompt_helpers
+from benchmarks.families import CodeBenchmark, prompt_helpers, select_public_tests
 
 # AFlow adds the helper a prompt refers to for exactly these three problems.
 HELPER_PRELUDE_ENTRY_POINTS = frozenset({"decode_cyclic", "decode_shift", "find_zero"})
@@ -24,7 +24,7 @@ class HumanEval(CodeBenchmark):
     id_field = "task_id"
     split_sizes = {"validate": 33, "test": 131}
 
-    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[str]]) -> Problem:
+    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:
         return Problem(
             id=str(record["task_id"]),
             question=record["prompt"],
@@ -32,7 +32,7 @@ class HumanEval(CodeBenchmark):
             answer=record.get("canonical_solution", ""),
             entry_point=record["entry_point"],
             test=record["test"],
-            public_tests=tuple(public_tests.get(record["entry_point"], ())),
+            public_tests=select_public_tests(record["entry_point"], record["test"], public_tests),
         )
 
     def check_call(self, problem: Problem) -> str:

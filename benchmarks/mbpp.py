@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.base import Problem
-from benchmarks.families import CodeBenchmark
+from benchmarks.families import CodeBenchmark, select_public_tests
 
 TRIAL_PROMPT = "Write a function to add two numbers.\n\ndef add(a, b):"
 
@@ -16,7 +16,7 @@ class MBPP(CodeBenchmark):
     id_field = "task_id"
     split_sizes = {"validate": 86, "test": 341}
 
-    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[str]]) -> Problem:
+    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:
         return Problem(
             id=str(record["task_id"]),
             question=record["prompt"],
@@ -24,7 +24,7 @@ class MBPP(CodeBenchmark):
             answer=record.get("code", ""),
             entry_point=record["entry_point"],
             test=record["test"],
-            public_tests=tuple(public_tests.get(record["entry_point"], ())),
+            public_tests=select_public_tests(record["entry_point"], record["test"], public_tests),
         )
 
     def check_call(self, problem: Problem) -> str:

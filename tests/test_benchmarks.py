@@ -31,7 +31,7 @@ def _corrupt(value):
     if isinstance(value, bool):
         return not value
     if isinstance(value, (int, float)):
-        return value + 1.5
+        return value * 3 + 7  # far off even under a relative tolerance
     if isinstance(value, str):
         return value + "?"
     if isinstance(value, list):
@@ -104,6 +104,11 @@ def test_humaneval_preludes_supply_the_helper_the_prompt_refers_to():
         bench.close()
 
 
+# AFlow hand-edited this record's code, which now uses a name it never defines;
+# the published "canonical" solution fails its own tests (under AFlow's checker too).
+BROKEN_MBPP_SOLUTIONS = {"630": "fail: NameError: name 'ele' is not defined"}
+
+
 @needs_aflow
 def test_mbpp_canonical_solutions_pass_and_corruptions_fail():
     bench = get_benchmark("MBPP")
@@ -112,7 +117,7 @@ def test_mbpp_canonical_solutions_pass_and_corruptions_fail():
     try:
         scores = asyncio.run(score_all(bench, [(p, p.answer) for p in problems]))
         failed = {p.id: s.detail for p, s in zip(problems, scores) if s.value != 1.0}
-        assert not failed, failed
+        assert failed == BROKEN_MBPP_SOLUTIONS
         corrupted = [(p, p.answer + CORRUPTION.format(name=p.entry_point)) for p in problems]
         results = asyncio.run(check_all(bench, corrupted))
         survived = [p.id for p, r in zip(problems, results) if r.passed]

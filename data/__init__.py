@@ -1,0 +1,1 @@
+"""Benchmark data: ``python -m data.prepare`` builds the prepared splits the pipeline loads."""
