@@ -83,6 +83,22 @@ class CodeBenchmark(Benchmark):
             [self.prelude + self.helper_prelude(problem), solution, defined, problem.test, self.check_call(problem)]
         ) + "\n"
 
+    def public_test_program(self, problem: Problem, solution: str) -> str:
+        """A program running each public assert on ``candidate``, printing the failures as JSON."""
+        checks = "\n".join(
+            f"try:\n    {test}\nexcept Exception as _error:\n    _failures.append(({test!r}, repr(_error)))"
+            for test in problem.public_tests
+        )
+        report = (
+            "if _failures:\n"
+            "    print('PUBLIC_TEST_FAILURES:' + _json.dumps(_failures))\n"
+            "    raise AssertionError(f'{len(_failures)} of "
+            f"{len(problem.public_tests)}"
+            " public tests failed')\n"
+        )
+        head = self.prelude + "import json as _json\n" + self.helper_prelude(problem)
+        return "\n\n".join([head, solution, f"candidate = {problem.entry_point}\n_failures = []", checks, report])
+
     async def score(self, problem: Problem, output: str) -> Score:
         solution = sanitize(output, problem.entry_point)
         result = await self.sandbox.run(
