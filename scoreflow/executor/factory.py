@@ -1,0 +1,23 @@
+"""Building the configured executor client (backends are imported only when chosen)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scoreflow.config import Config
+from scoreflow.executor.cache import ReplyCache
+from scoreflow.executor.client import ChatClient, UsageMeter
+
+
+def make_client(config: Config, *, cache_path: str | Path | None = None, meter: UsageMeter | None = None) -> ChatClient:
+    """The executor of ``config``; its reply cache lives at ``cache_path`` (None: no cache)."""
+    executor = config.executor
+    cache = ReplyCache(cache_path) if executor.cache and cache_path is not None else None
+    meter = meter or UsageMeter(prices=dict(executor.prices))
+    if executor.backend == "local":
+        from scoreflow.executor.local_backend import LocalChatClient
+
+        return LocalChatClient.from_config(executor, cache_dir=config.cache_dir, cache=cache, meter=meter)
+    from scoreflow.executor.openai_backend import OpenAIChatClient
+
+    return OpenAIChatClient.from_config(executor, cache=cache, meter=meter)
