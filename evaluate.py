@@ -1,0 +1,32 @@
+"""Score the workflows of one dataset and epoch with the executor.
+
+    python evaluate.py --dataset HumanEval --task optimize --epoch 0   # scores + preference pairs
+    python evaluate.py --dataset HumanEval --task inference --epoch 2  # test-split solve rate
+
+Interrupted runs resume: finished runs are kept and cached executor replies reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from scoreflow.cli import config_from_args, make_parser, run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("optimize", "inference"), default="optimize")
+    parser.add_argument("--epoch", type=int, required=True)
+    parser.add_argument("--force", action="store_true", help="redo a finished stage (its records are replaced)")
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+
+    from scoreflow.evaluation import EvaluateStage, summary_line
+
+    manifest = EvaluateStage(config, args.dataset, args.task, args.epoch).run(force=args.force)
+    print(summary_line(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

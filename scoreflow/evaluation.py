@@ -1,0 +1,251 @@
+"""The evaluate stage: run every valid workflow with the executor, score it, build pairs.
+
+Each valid workflow runs ``vali_num`` times on its own problem (SPEC section 1;
+temperature 0, but each run is its own set of executor calls: the run index is
+part of the cache key, so a resumed run reuses exactly its own cached replies). A
+run that raises or overruns its time limit is retried up to ``max_run_retries``
+times and then scores 0 with the reasons recorded. QA and math outputs go through
+the executor's extraction call before the benchmark's scorer; at inference MATH,
+DROP and HotpotQA also get the judge's verdict (both scores are reported).
+
+Every run of every problem shares one event loop and the executor's concurrency
+limit. Records are appended as runs finish, so a killed stage resumes with the
+runs still missing; at the end they are rewritten in a canonical order, so the
+final file equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from benchmarks import get_benchmark
+from benchmarks.base import Problem
+from scoreflow.config import Config
+from scoreflow.errors import ScoreFlowError
+from scoreflow.executor.client import ChatClient
+from scoreflow.executor.factory import make_client
+from scoreflow.jsonio import atomic_write_jsonl, read_jsonl
+from scoreflow.judging import extract_answer, judge_output
+from scoreflow.operators import OperatorContext, make_operator_sandbox
+from scoreflow.preferences import ScoredWorkflow, TemplateFilter, build_preferences, mean_scores
+from scoreflow.sandbox import Sandbox
+from scoreflow.workflow import CheckedWorkflow, check_workflow, run_with_limit
+from scoreflow.workspace import Workspace
+
+TASKS = {
+    "optimize": ("evaluate", "generate", "workflows.jsonl", "scores.jsonl", "validate"),
+    "inference": ("inference_evaluate", "inference_generate", "inference/workflows.jsonl", "inference/scores.jsonl", "test"),
+}
+OUTPUT_LIMIT = 4000  # characters of a workflow's output kept in its record
+
+
+@dataclass(frozen=True)
+class RunKey:
+    problem_id: str
+    sample: int
+    run: int
+
+    @property
+    def salt(self) -> str:
+        return f"{self.problem_id}/{self.sample}/{self.run}"
+
+
+class EvaluateStage:
+    """Scores one dataset's workflows of one epoch and task."""
+
+    def __init__(self, config: Config, dataset: str, task: str, epoch: int) -> None:
+        self.config = config
+        self.task = task
+        self.stage, self.needs, self.workflows_file, self.scores_file, self.split = TASKS[task]
+        self.workspace = Workspace.from_config(config, dataset, epoch)
+        self.benchmark = get_benchmark(dataset, config)
+        self.runs = config.evaluation.vali_num if task == "optimize" else 1
+
+    def run(self, *, force: bool = False) -> dict[str, Any]:
+        self.workspace.require(self.needs)
+        workflows = read_jsonl(self.workspace.path(self.workflows_file))
+        problems = {p.id: p for p in self.benchmark.load(self.split, self.config.data_dir)}  # type: ignore[arg-type]
+        missing = sorted({w["problem_id"] for w in workflows} - set(problems))
+        if missing:
+            raise_missing(self.workspace.path(self.workflows_file), missing[0], self.split)
+        stage = self.workspace.start(self.stage, self.config, force=force)
+        log = stage.log(self.scores_file)
+        done = log.keys(lambda r: RunKey(r["problem_id"], r["sample"], r["run"]))
+        todo = [
+            (RunKey(w["problem_id"], w["sample"], run), w, problems[w["problem_id"]])
+            for w in workflows
+            if w["valid"]
+            for run in range(self.runs)
+            if RunKey(w["problem_id"], w["sample"], run) not in done
+        ]
+        client = make_client(self.config, cache_path=self.workspace.path("cache.sqlite"))
+        started = time.perf_counter()
+        asyncio.run(self._score_all(todo, client, log))
+        order = {pid: i for i, pid in enumerate(problems)}
+        records = sorted(log.read(), key=lambda r: (order[r["problem_id"]], r["sample"], r["run"]))
+        log.rewrite(records)
+        extra = self._finish_task(stage, workflows, records, problems)
+        counts = {**score_counts(records), **extra, "runs_this_session": len(todo)}
+        counts["wall_time_s"] = round(time.perf_counter() - started, 2)
+        return stage.finish(counts=counts, usage={"executor": client.meter.snapshot()})
+
+    # ------------------------------------------------------------ scoring runs
+
+    async def _score_all(self, todo: list[tuple[RunKey, dict[str, Any], Problem]], client: ChatClient, log: Any) -> None:
+        sandbox = make_operator_sandbox(self.benchmark, self.config.sandbox)
+        try:
+            with tqdm(total=len(todo), desc=f"evaluate {self.workspace.dataset}", unit="run") as bar:
+
+                async def one(key: RunKey, workflow: dict[str, Any], problem: Problem) -> None:
+                    record = await self._score_run(key, workflow, problem, client, sandbox)
+                    log.append(record)
+                    bar.update(1)
+
+                await asyncio.gather(*(one(*item) for item in todo))
+        finally:
+            await client.aclose()
+            if sandbox is not None:
+                sandbox.close()
+            self.benchmark.close()
+
+    async def _score_run(
+        self, key: RunKey, workflow: dict[str, Any], problem: Problem, client: ChatClient, sandbox: Sandbox | None
+    ) -> dict[str, Any]:
+        checked = check_workflow(workflow["workflow"], self.benchmark.operators)
+        errors: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for attempt in range(self.config.evaluation.max_run_retries + 1):
+            context = OperatorContext(
+                client, self.benchmark, problem, sandbox=sandbox, settings=self.config.operators,
+                cache_salt=f"{key.salt}/{attempt}",
+            )
+            output, error = await self._attempt(checked, context)
+            calls = [deterministic_call(c.as_record()) for c in context.trace]
+            if error is None:
+                return await self._scored(key, problem, output, client, attempt, errors, calls)
+            errors.append(error)
+        return run_record(key, score=0.0, output="", answer="", detail="failed", attempts=len(errors), errors=errors, calls=calls)
+
+    async def _attempt(self, checked: CheckedWorkflow, context: OperatorContext) -> tuple[str, str | None]:
+        limit = self.benchmark.workflow_time_limit_s
+        try:
+            return await run_with_limit(checked, context, limit), None
+        except (asyncio.TimeoutError, TimeoutError):
+            return "", f"timeout: no result within {limit:g} s"
+        except Exception as exc:  # a failed run is retried, then scores 0
+            return "", f"{type(exc).__name__}: {str(exc)[:300]}"
+
+    async def _scored(
+        self, key: RunKey, problem: Problem, output: str, client: ChatClient, attempt: int, errors: list[str], calls: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        salt = f"{key.salt}/{attempt}"
+        answer = await extract_answer(client, self.benchmark, problem, output, cache_salt=salt)
+        score = await self.benchmark.score(problem, answer)
+        record = run_record(
+            key, score=score.value, output=output, answer=score.prediction, detail=score.detail,
+            attempts=attempt + 1, errors=errors, calls=calls,
+        )
+        if self.task == "inference":
+            record["judge_score"] = await judge_output(client, self.benchmark, problem, answer, cache_salt=salt)
+        return record
+
+    # ------------------------------------------------------------ preferences and solve rates
+
+    def _finish_task(
+        self, stage: Any, workflows: list[dict[str, Any]], records: list[dict[str, Any]], problems: dict[str, Problem]
+    ) -> dict[str, Any]:
+        if self.task == "inference":
+            return solve_rates(records, problems)
+        bench = self.benchmark
+        means = mean_scores(_runs_by_workflow(records))
+        scored = [
+            ScoredWorkflow(w["problem_id"], w["sample"], w["prompt"], w["text"], means[(w["problem_id"], w["sample"])])
+            for w in workflows
+            if (w["problem_id"], w["sample"]) in means
+        ]
+        data = build_preferences(
+            scored,
+            TemplateFilter.from_template(bench.template_workflow, bench.operators, bench.similarity_threshold),
+            n=bench.settings.n_pairs,
+            alpha=self.config.preference.alpha,
+            seed=self.config.preference.seed,
+        )
+        atomic_write_jsonl(stage.output_path("preferences.jsonl"), (p.as_record() for p in data.sampled))
+        return {"preferences": data.stats.as_record()}
+
+
+def _runs_by_workflow(records: list[dict[str, Any]]) -> dict[tuple[str, int], list[float]]:
+    runs: dict[tuple[str, int], list[float]] = {}
+    for r in records:
+        runs.setdefault((r["problem_id"], r["sample"]), []).append(r["score"])
+    return runs
+
+
+def deterministic_call(call: dict[str, Any]) -> dict[str, Any]:
+    """An operator call without what differs between a first run and a resumed one."""
+    return {k: v for k, v in call.items() if k not in ("latency_s", "cached_calls")}
+
+
+def run_record(key: RunKey, **fields: Any) -> dict[str, Any]:
+    output = fields.pop("output")
+    return {
+        "problem_id": key.problem_id,
+        "sample": key.sample,
+        "run": key.run,
+        **fields,
+        "output": output[:OUTPUT_LIMIT],
+    }
+
+
+def score_counts(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean score, a 10-bin histogram and failures by reason."""
+    scores = [r["score"] for r in records]
+    histogram = [0] * 10
+    for s in scores:
+        histogram[min(int(s * 10), 9)] += 1
+    failures = Counter(r["errors"][-1].split(":", 1)[0] for r in records if r["detail"] == "failed")
+    return {
+        "runs": len(records),
+        "mean_score": round(sum(scores) / len(scores), 4) if scores else 0.0,
+        "score_histogram": histogram,
+        "failed_runs": sum(failures.values()),
+        "failures_by_reason": dict(failures),
+        "retried_runs": sum(1 for r in records if r["attempts"] > 1),
+    }
+
+
+def solve_rates(records: list[dict[str, Any]], problems: dict[str, Problem]) -> dict[str, Any]:
+    """Test-split solve rate: a problem without a scored workflow counts as unsolved."""
+    exact = {r["problem_id"]: r["score"] for r in records if r["run"] == 0}
+    judged = {r["problem_id"]: r.get("judge_score") for r in records if r["run"] == 0}
+    total = len(problems)
+    rates: dict[str, Any] = {"test_problems": total, "solve_rate": round(sum(exact.values()) / total, 4) if total else 0.0}
+    if any(v is not None for v in judged.values()):
+        rates["judge_solve_rate"] = round(sum(v or 0.0 for v in judged.values()) / total, 4)
+    return rates
+
+
+def raise_missing(path: Any, problem_id: str, split: str) -> None:
+    raise ScoreFlowError(f"{path}: problem {problem_id!r} is not in the prepared {split} split")
+
+
+def summary_line(manifest: dict[str, Any]) -> str:
+    c, usage = manifest["counts"], manifest["usage"]["executor"]
+    parts = [f"{c['runs']} runs, mean score {c['mean_score']:.3f}", f"histogram {c['score_histogram']}"]
+    if "solve_rate" in c:
+        parts.append(f"solve rate {c['solve_rate']:.1%} of {c['test_problems']} test problems")
+        if "judge_solve_rate" in c:
+            parts.append(f"judged {c['judge_solve_rate']:.1%}")
+    if "preferences" in c:
+        p = c["preferences"]
+        parts.append(f"{p['pairs_available']} pairs available, {p['pairs_sampled']} sampled, {p['problems_without_pairs']} problems without a pair, mean gap {p['mean_gap_available']}")
+    parts.append(f"failures {c['failures_by_reason'] or 'none'}")
+    parts.append(f"executor {usage['calls']} calls ({usage['cache_hits']} cached), {usage['total_tokens']} tokens, ${usage['cost_usd']:.4f}")
+    parts.append(f"{c['wall_time_s']} s")
+    return "; ".join(parts)
