@@ -63,6 +63,8 @@ class GenerationConfig:
     grammar: bool = False  # grammar-constrained decoding (the paper samples freely)
     max_resample_rounds: int = _num(20, 0)  # the original retries up to 500 rounds
     seed: int = _num(0, 0)
+    max_problems: int | None = _num(None, 1)  # only the first N problems of a split (smoke runs)
+    chunk_problems: int = _num(16, 1)  # problems sampled together; also the resume granularity
 
 
 @dataclass(frozen=True)

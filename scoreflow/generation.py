@@ -1,0 +1,263 @@
+"""The generate stage: k candidate workflows per problem, each checked before it is kept.
+
+A sample is valid when (SPEC section 4) it has a ``<graph>`` block with
+``async def run_workflow(self)``, contains no banned substring, passes the
+workflow allow-list, is not (almost) the template (difflib ratio of the
+``run_workflow`` bodies below the dataset's threshold), and runs on the
+benchmark's trial problem within the trial time limit. Invalid samples are
+re-sampled for a bounded number of rounds; then the problem keeps what it has and
+every failure reason is recorded.
+
+Problems are processed in chunks; a finished chunk's records are on disk, so a
+killed run resumes with the next chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from benchmarks import get_benchmark
+from benchmarks.base import Benchmark, Problem
+from scoreflow.config import Config
+from scoreflow.executor.client import ChatClient
+from scoreflow.executor.factory import make_client
+from scoreflow.grammar import workflow_grammar
+from scoreflow.operators import OperatorContext, make_operator_sandbox
+from scoreflow.prompts import generator_prompt
+from scoreflow.sampling import SampleRequest, Sampler, make_sampler
+from scoreflow.sandbox import Sandbox
+from scoreflow.workflow import WorkflowRejected, body_similarity, check_workflow, extract_graph, run_with_limit
+from scoreflow.workspace import StageRun, Workspace
+
+TASK_STAGES = {"optimize": ("generate", "workflows.jsonl"), "inference": ("inference_generate", "inference/workflows.jsonl")}
+TASK_SPLITS = {"optimize": "validate", "inference": "test"}
+
+
+@dataclass
+class Verdict:
+    """The outcome of checking one sample."""
+
+    workflow: str | None
+    reason: str = ""  # "" when valid; else "<category>: <detail>"
+
+    @property
+    def valid(self) -> bool:
+        return not self.reason
+
+
+@dataclass
+class Slot:
+    """One of a problem's k workflow places, filled by its latest sample."""
+
+    text: str = ""
+    workflow: str | None = None
+    valid: bool = False
+    reasons: list[str] = field(default_factory=list)
+    rounds: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class WorkflowValidator:
+    """SPEC section 4's checks, cheapest first; the trial run goes through the real executor."""
+
+    def __init__(self, benchmark: Benchmark, client: ChatClient, sandbox: Sandbox | None, config: Config) -> None:
+        self.benchmark = benchmark
+        self.client = client
+        self.sandbox = sandbox
+        self.config = config
+        self.template_body = check_workflow(benchmark.template_workflow, benchmark.operators).body_source
+
+    async def check(self, text: str) -> Verdict:
+        graph = extract_graph(text)
+        if graph is None or "async def run_workflow(self)" not in graph:
+            return Verdict(graph, "format: no <graph> block with async def run_workflow(self)")
+        banned = [b for b in self.benchmark.banned_substrings if b in graph]
+        if banned:
+            return Verdict(graph, f"banned: contains {banned[0]!r}")
+        try:
+            checked = check_workflow(graph, self.benchmark.operators)
+        except WorkflowRejected as exc:
+            return Verdict(graph, f"rejected: {exc.reason}")
+        similarity = body_similarity(checked.body_source, self.template_body)
+        if similarity >= self.benchmark.similarity_threshold:
+            return Verdict(graph, f"template: similarity {similarity:.2f} >= {self.benchmark.similarity_threshold}")
+        return Verdict(graph, await self._trial(checked))
+
+    async def _trial(self, checked: Any) -> str:
+        bench = self.benchmark
+        context = OperatorContext(
+            self.client, bench, bench.trial_problem, sandbox=self.sandbox, settings=self.config.operators, cache_salt="trial"
+        )
+        try:
+            await run_with_limit(checked, context, bench.trial_time_limit_s)
+        except (asyncio.TimeoutError, TimeoutError):
+            return f"trial: no result within {bench.trial_time_limit_s:g} s"
+        except Exception as exc:  # the trial is exactly where broken workflows should fail
+            return f"trial: {type(exc).__name__}: {str(exc)[:200]}"
+        return ""
+
+
+class GenerateStage:
+    """Samples, checks and records the workflows of one dataset, task and epoch."""
+
+    def __init__(self, config: Config, dataset: str, task: str, epoch: int) -> None:
+        self.config = config
+        self.task = task
+        self.workspace = Workspace.from_config(config, dataset, epoch)
+        self.stage, self.output = TASK_STAGES[task]
+        self.benchmark = get_benchmark(dataset, config)
+        self.k = config.generation.k if task == "optimize" else config.generation.inference_k
+        self.stats: Counter[str] = Counter()
+        self.sampling_s = 0.0
+
+    def problems(self) -> list[Problem]:
+        problems = self.benchmark.load(TASK_SPLITS[self.task], self.config.data_dir)  # type: ignore[arg-type]
+        return problems[: self.config.generation.max_problems]
+
+    def adapter(self) -> Any:
+        """Epoch i > 0 samples from the base model plus the adapter trained in epoch i-1."""
+        if self.workspace.epoch == 0:
+            return None
+        self.workspace.require("optimize")
+        return self.workspace.path("adapter")
+
+    def run(self, *, force: bool = False) -> dict[str, Any]:
+        problems = self.problems()
+        adapter = self.adapter()
+        run = self.workspace.start(self.stage, self.config, force=force)
+        log = run.log(self.output)
+        done = log.keys(lambda r: r["problem_id"])
+        pending = [(i, p) for i, p in enumerate(problems) if p.id not in done]
+        client = make_client(self.config, cache_path=self.workspace.path("cache.sqlite"))
+        started = time.perf_counter()
+        if pending:
+            asyncio.run(self._generate(pending, run, client, adapter))
+        order = {p.id: i for i, p in enumerate(problems)}
+        records = sorted(log.read(), key=lambda r: (order.get(r["problem_id"], len(order)), r["sample"]))
+        log.rewrite(records)
+        return run.finish(
+            counts=self._counts(records, len(problems), time.perf_counter() - started),
+            usage={"executor": client.meter.snapshot(), "generator": self._generator_usage(records)},
+        )
+
+    async def _generate(self, pending: list[tuple[int, Problem]], run: StageRun, client: ChatClient, adapter: Any) -> None:
+        """Sample chunk by chunk; a chunk's seed follows its first problem's index in the split,
+        so a resumed run draws what an uninterrupted one would have."""
+        gen = self.config.generation
+        grammar = workflow_grammar(self.benchmark.operators) if gen.grammar else None
+        sandbox = make_operator_sandbox(self.benchmark, self.config.sandbox)
+        sampler = make_sampler(self.config.generator, gen, cache_dir=self.config.cache_dir, adapter=adapter, grammar=grammar)
+        validator = WorkflowValidator(self.benchmark, client, sandbox, self.config)
+        log = run.log(self.output)
+        try:
+            with tqdm(total=len(pending), desc=f"generate {self.workspace.dataset}", unit="problem") as bar:
+                for start in range(0, len(pending), gen.chunk_problems):
+                    indexed = pending[start : start + gen.chunk_problems]
+                    chunk = [p for _, p in indexed]
+                    prompts = {p.id: self._prompt(sampler, p) for p in chunk}
+                    seed = gen.seed * 1_000_003 + indexed[0][0]
+                    slots = await self._fill(chunk, prompts, sampler, validator, seed=seed)
+                    log.append_many(r for p in chunk for r in self._records(p, prompts[p.id], slots[p.id]))
+                    bar.update(len(chunk))
+        finally:
+            sampler.close()
+            await client.aclose()
+            if sandbox is not None:
+                sandbox.close()
+            self.benchmark.close()
+
+    async def _fill(
+        self, chunk: list[Problem], prompts: dict[str, str], sampler: Sampler, validator: WorkflowValidator, seed: int
+    ) -> dict[str, list[Slot]]:
+        """Sample k per problem, then re-sample the invalid places for bounded rounds."""
+        slots = {p.id: [Slot() for _ in range(self.k)] for p in chunk}
+        for round_index in range(self.config.generation.max_resample_rounds + 1):
+            todo = {p.id: [s for s in slots[p.id] if not s.valid] for p in chunk}
+            todo = {pid: places for pid, places in todo.items() if places}
+            if not todo:
+                break
+            self.stats["rounds"] = max(self.stats["rounds"], round_index + 1)
+            round_seed = seed + 7919 * round_index
+            requests = [SampleRequest(prompts[pid], len(places), seed=round_seed) for pid, places in todo.items()]
+            clock = time.perf_counter()
+            batches = await asyncio.to_thread(sampler.sample, requests)
+            self.sampling_s += time.perf_counter() - clock
+            samples = [(place, sample) for places, batch in zip(todo.values(), batches) for place, sample in zip(places, batch)]
+            verdicts = await asyncio.gather(*(validator.check(sample.text) for _, sample in samples))
+            for (place, sample), verdict in zip(samples, verdicts):
+                self._place(place, sample, verdict)
+        return slots
+
+    def _place(self, slot: Slot, sample: Any, verdict: Verdict) -> None:
+        slot.text, slot.workflow, slot.valid = sample.text, verdict.workflow, verdict.valid
+        slot.rounds += 1
+        slot.prompt_tokens += sample.prompt_tokens
+        slot.completion_tokens += sample.completion_tokens
+        self.stats["sampled"] += 1
+        if not verdict.valid:
+            slot.reasons.append(verdict.reason)
+            self.stats[f"rejected {verdict.reason.split(':', 1)[0]}"] += 1
+
+    def _prompt(self, sampler: Sampler, problem: Problem) -> str:
+        return sampler.format_prompt([{"role": "user", "content": generator_prompt(self.benchmark, problem)}])
+
+    def _records(self, problem: Problem, prompt: str, slots: list[Slot]) -> list[dict[str, Any]]:
+        return [
+            {
+                "problem_id": problem.id,
+                "sample": index,
+                "prompt": prompt,
+                "text": slot.text,
+                "workflow": slot.workflow,
+                "valid": slot.valid,
+                "reasons": slot.reasons,
+                "rounds": slot.rounds,
+                "prompt_tokens": slot.prompt_tokens,
+                "completion_tokens": slot.completion_tokens,
+            }
+            for index, slot in enumerate(slots)
+        ]
+
+    def _counts(self, records: list[dict[str, Any]], problems: int, wall_s: float) -> dict[str, Any]:
+        valid = sum(r["valid"] for r in records)
+        rejections = {k.split(" ", 1)[1]: v for k, v in sorted(self.stats.items()) if k.startswith("rejected ")}
+        completion = sum(r["completion_tokens"] for r in records)
+        return {
+            "problems": problems,
+            "workflows": len(records),
+            "valid": valid,
+            "valid_rate": round(valid / len(records), 4) if records else 0.0,
+            "problems_without_valid": len({r["problem_id"] for r in records} - {r["problem_id"] for r in records if r["valid"]}),
+            "samples_this_run": self.stats["sampled"],
+            "resample_rounds": self.stats["rounds"],
+            "rejections": rejections,
+            "generation_tokens_per_s": round(completion / self.sampling_s, 2) if self.sampling_s else None,
+            "wall_time_s": round(wall_s, 2),
+        }
+
+    @staticmethod
+    def _generator_usage(records: list[dict[str, Any]]) -> dict[str, int]:
+        return {
+            "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+            "completion_tokens": sum(r["completion_tokens"] for r in records),
+        }
+
+
+def summary_line(manifest: dict[str, Any]) -> str:
+    """The short summary printed when the stage ends."""
+    c = manifest["counts"]
+    rejections = ", ".join(f"{k} {v}" for k, v in c["rejections"].items()) or "none"
+    speed = f"{c['generation_tokens_per_s']} tok/s" if c["generation_tokens_per_s"] else "no sampling needed"
+    return (
+        f"{c['valid']}/{c['workflows']} workflows valid ({c['valid_rate']:.0%}) for {c['problems']} problems; "
+        f"rejections: {rejections}; resample rounds {c['resample_rounds']}; {speed}; "
+        f"executor: {manifest['usage']['executor']['calls']} calls, ${manifest['usage']['executor']['cost_usd']:.4f}; "
+        f"{c['wall_time_s']} s"
+    )

@@ -1,0 +1,364 @@
+"""The workflow language as an EBNF grammar, for grammar-constrained decoding.
+
+``workflow_grammar`` states a strict subset of ``docs/workflow_language.md`` in
+xgrammar's EBNF dialect (llama.cpp GBNF style), chosen so that EVERY string the
+grammar accepts passes ``scoreflow.workflow.check_workflow`` for the given
+operators (``tests/test_grammar.py`` checks this by random walks). A context-free
+grammar cannot remember arbitrary identifiers, so "a name is assigned before it is
+used" and "only bound operators are called" are enforced by making the grammar's
+nonterminals carry that state explicitly over a small, fixed vocabulary:
+
+* ``__init__`` binds a non-empty subset of the benchmark's operators, in the
+  benchmark's order, under their conventional attribute names; the rest of the
+  grammar is specialised to that subset ``B`` (only bound operators are called);
+* ``run_workflow`` uses the string variables ``STRING_NAMES`` and, when ScEnsemble
+  is bound, the list variable(s) ``LIST_NAMES``; each nonterminal knows which of
+  them are surely assigned (and which lists are non-empty), so a name is referenced
+  only after it is assigned, ScEnsemble only receives a list that was appended to,
+  and ``return`` only names an assigned string;
+* statements: ``s = await self.<op>(<kw>=<arg>)``, ``l = []`` (top level),
+  ``l.append(await self.<op>(...))``, ``l.append(s)``, ``for _ in range(1|2|3):``
+  (loops nest at most ``MAX_LOOP_DEPTH`` deep) and a final ``return s``; an ``<arg>``
+  is a string literal, an assigned string name, or ``"literal" + name``. Names first
+  assigned inside a loop body are not visible after the loop (the checker would
+  allow them; the subset does not need them); lists filled inside a loop are;
+* fixed 4-space indentation, one blank line between the methods, no comments;
+* string literals are double-quoted printable ASCII without ``"``, ``\\``, ``<``,
+  backticks or parentheses (so neither ``</graph>``, a Markdown fence, nor the banned
+  substrings ``int(`` / ``.split(' ')`` of SPEC section 4 can appear inside), 1 to
+  ``MAX_STRING_CHARS`` characters.
+
+The grammar covers the completion after the prompt: optionally ``<graph>\\n``
+(``include_open_tag``; the chat prompt ends with the assistant header, so the model
+writes the tag itself), the workflow, then ``</graph>``. Sampling stops at
+``</graph>``, so the returned text ends just before it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from scoreflow.operators import OPERATORS
+
+if TYPE_CHECKING:
+    import xgrammar
+    from transformers import LogitsProcessor, PreTrainedTokenizerBase
+
+STRING_NAMES: tuple[str, ...] = ("solution", "answer", "result", "final")
+LIST_NAMES: tuple[str, ...] = ("solutions",)
+LIST_KEYWORDS = frozenset({"solutions"})  # keyword arguments that take a list (ScEnsemble)
+LOOP_COUNTS: tuple[int, ...] = (1, 2, 3)
+MAX_LOOP_DEPTH = 2
+MAX_STRING_CHARS = 160
+INDENT = "    "
+BODY_INDENT = 2  # run_workflow's statements sit two levels deep (class, method)
+CLOSE_TAG = "</graph>"
+OPEN_TAG = "<graph>"
+# Printable ASCII minus '"', '(', ')', '<', '\\' and '`': no escapes, no "</graph>" or Markdown
+# fence inside a literal, and none of the banned substrings ``int(`` and ``.split(' ')``.
+STRING_CHAR = r"[ !#-'*-;=-\[\]-_a-~]"
+
+
+@dataclass(frozen=True)
+class _State:
+    """What run_workflow has surely done so far: assigned strings, defined and filled lists."""
+
+    strings: frozenset[str] = frozenset()
+    lists: frozenset[str] = frozenset()
+    filled: frozenset[str] = frozenset()
+
+    def key(self) -> str:
+        return f"s{_mask(self.strings, STRING_NAMES)}l{_mask(self.lists, LIST_NAMES)}f{_mask(self.filled, LIST_NAMES)}"
+
+    def assign(self, name: str) -> _State:
+        return _State(self.strings | {name}, self.lists, self.filled)
+
+    def define_list(self, name: str) -> _State:
+        return _State(self.strings, self.lists | {name}, self.filled)
+
+    def fill(self, name: str) -> _State:
+        return _State(self.strings, self.lists, self.filled | {name})
+
+    def with_filled(self, filled: frozenset[str]) -> _State:
+        return _State(self.strings, self.lists, filled)
+
+
+def _mask(names: frozenset[str], order: Sequence[str]) -> int:
+    return sum(1 << i for i, name in enumerate(order) if name in names)
+
+
+def _lit(text: str) -> str:
+    """An EBNF string literal (the texts here never need escapes beyond newline and quote)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _subsets(items: Sequence[str]) -> Iterator[frozenset[str]]:
+    for size in range(len(items) + 1):
+        for combo in itertools.combinations(items, size):
+            yield frozenset(combo)
+
+
+class _Builder:
+    """Emits the rules reachable from the root, memoised by name (the state is in the name)."""
+
+    def __init__(self, operators: Sequence[str]) -> None:
+        self.operators = tuple(operators)
+        self.rules: dict[str, str] = {}
+
+    def rule(self, name: str, make: Any, *args: Any) -> str:
+        """The rule ``name``, built once by ``make(*args) -> [alternatives]``."""
+        if name not in self.rules:
+            self.rules[name] = ""  # placeholder: rules refer to themselves through the state
+            self.rules[name] = " | ".join(make(*args))
+        return name
+
+    def text(self) -> str:
+        return "\n".join(f"{name} ::= {body}" for name, body in self.rules.items()) + "\n"
+
+    # ------------------------------------------------------------ class and __init__
+
+    def workflow(self, open_tag: bool) -> list[str]:
+        head = (OPEN_TAG + "\n" if open_tag else "") + "class Workflow:\n"
+        head += f"{INDENT}def __init__(self, config, problem) -> None:\n"
+        return [f"{_lit(head)} {self.init(0, frozenset())} {_lit(CLOSE_TAG)}"]
+
+    def init(self, index: int, bound: frozenset[str]) -> str:
+        return self.rule(f"init{index}_{self.bmask(bound)}", self._init, index, bound)
+
+    def _init(self, index: int, bound: frozenset[str]) -> list[str]:
+        if index == len(self.operators):
+            run = f"\n{INDENT}async def run_workflow(self):\n"
+            return [f"{_lit(run)} {self.body(bound, _State())}"]
+        name = self.operators[index]
+        op = OPERATORS[name]
+        line = f"{INDENT * 2}self.{op.attribute} = operator.{name}(config, problem)\n"
+        options = []
+        if self.viable(bound | {name}, index + 1):
+            options.append(f"{_lit(line)} {self.init(index + 1, bound | {name})}")
+        if self.viable(bound, index + 1):
+            options.append(self.init(index + 1, bound))
+        return options
+
+    def viable(self, bound: frozenset[str], index: int) -> bool:
+        """Some completion of the bindings can produce a string (ScEnsemble alone cannot)."""
+        return any(not self.takes_list(op) for op in bound | set(self.operators[index:]))
+
+    def bmask(self, bound: frozenset[str]) -> int:
+        return _mask(bound, self.operators)
+
+    @staticmethod
+    def takes_list(name: str) -> bool:
+        return any(kw in LIST_KEYWORDS for kw in OPERATORS[name].keywords)
+
+    # ------------------------------------------------------------ run_workflow blocks
+
+    def body(self, bound: frozenset[str], state: _State) -> str:
+        """Top-level statements of run_workflow, ending with ``return``."""
+        return self.rule(f"body{self.bmask(bound)}_{state.key()}", self._body, bound, state)
+
+    def _body(self, bound: frozenset[str], state: _State) -> list[str]:
+        indent = _lit(INDENT * BODY_INDENT)
+        options = [f"{indent} {stmt} {self.body(bound, after)}" for stmt, after in self.statements(bound, state, 0, None)]
+        if state.strings:
+            options.append(f"{indent} \"return \" {self.string_ref(state)} \"\\n\"")
+        return options
+
+    def loop_body(self, bound: frozenset[str], state: _State, depth: int, target: frozenset[str]) -> str:
+        """A loop's statements (at least one); it must leave exactly ``target`` lists filled."""
+        name = f"loop{self.bmask(bound)}_{state.key()}_d{depth}_t{_mask(target, LIST_NAMES)}"
+        return self.rule(name, self._loop_body, bound, state, depth, target)
+
+    def _loop_body(self, bound: frozenset[str], state: _State, depth: int, target: frozenset[str]) -> list[str]:
+        indent = _lit(INDENT * (BODY_INDENT + depth))
+        return [f"{indent} {stmt} {self.loop_rest(bound, after, depth, target)}"
+                for stmt, after in self.statements(bound, state, depth, target)]
+
+    def loop_rest(self, bound: frozenset[str], state: _State, depth: int, target: frozenset[str]) -> str:
+        name = f"rest{self.bmask(bound)}_{state.key()}_d{depth}_t{_mask(target, LIST_NAMES)}"
+        return self.rule(name, self._loop_rest, bound, state, depth, target)
+
+    def _loop_rest(self, bound: frozenset[str], state: _State, depth: int, target: frozenset[str]) -> list[str]:
+        options = [self.loop_body(bound, state, depth, target)]
+        if state.filled == target:
+            options.append('""')
+        return options
+
+    def statements(self, bound: frozenset[str], state: _State, depth: int,
+                   target: frozenset[str] | None) -> Iterator[tuple[str, _State]]:
+        """(statement after its indentation, state after it); ``target`` None at top level."""
+        call = self.call(bound, state)
+        for name in STRING_NAMES:
+            yield f"{_lit(name + ' = ')} {call} \"\\n\"", state.assign(name)
+        if not any(self.takes_list(op) for op in bound):
+            return  # lists only feed ScEnsemble
+        for name in LIST_NAMES:
+            if name not in state.lists and target is None:
+                yield _lit(f"{name} = []\n"), state.define_list(name)
+            if name in state.lists and (target is None or name in target):
+                yield f"{_lit(name + '.append(')} {self.append_arg(bound, state)} \")\\n\"", state.fill(name)
+        if depth < MAX_LOOP_DEPTH:
+            yield from self.loops(bound, state, depth, target)
+
+    def loops(self, bound: frozenset[str], state: _State, depth: int,
+              target: frozenset[str] | None) -> Iterator[tuple[str, _State]]:
+        """``for _ in range(N):`` with each possible set of lists its body leaves filled."""
+        counts = " | ".join(_lit(str(n)) for n in LOOP_COUNTS)
+        head = f"\"for _ in range(\" ({counts}) \"):\\n\""
+        unfilled = sorted(state.lists - state.filled)
+        for extra in _subsets(unfilled):
+            inner = state.filled | extra
+            if target is not None and not inner <= target:
+                continue
+            yield f"{head} {self.loop_body(bound, state, depth + 1, inner)}", state.with_filled(inner)
+
+    # ------------------------------------------------------------ expressions
+
+    def call(self, bound: frozenset[str], state: _State) -> str:
+        """``await self.<attr>(...)`` for a bound operator whose arguments exist now."""
+        key = f"call{self.bmask(bound)}_s{_mask(state.strings, STRING_NAMES)}f{_mask(state.filled, LIST_NAMES)}"
+        return self.rule(key, self._call, bound, state)
+
+    def _call(self, bound: frozenset[str], state: _State) -> list[str]:
+        options = []
+        for name in self.operators:
+            if name not in bound:
+                continue
+            op = OPERATORS[name]
+            if self.takes_list(name) and not state.filled:
+                continue
+            parts = [_lit(f"await self.{op.attribute}(")]
+            for i, kw in enumerate(op.keywords):
+                parts += [_lit((", " if i else "") + kw + "="), self.argument(kw, state)]
+            options.append(" ".join([*parts, '")"']))
+        return options
+
+    def argument(self, keyword: str, state: _State) -> str:
+        if keyword in LIST_KEYWORDS:
+            return self.rule(f"lref_f{_mask(state.filled, LIST_NAMES)}", self._names, state.filled, LIST_NAMES)
+        return self.rule(f"arg_s{_mask(state.strings, STRING_NAMES)}", self._string_arg, state)
+
+    def _string_arg(self, state: _State) -> list[str]:
+        options = ["str"]
+        if state.strings:
+            ref = self.string_ref(state)
+            options += [ref, f"str \" + \" {ref}"]
+        return options
+
+    def append_arg(self, bound: frozenset[str], state: _State) -> str:
+        options = self.call(bound, state)
+        return f"({options} | {self.string_ref(state)})" if state.strings else options
+
+    def string_ref(self, state: _State) -> str:
+        return self.rule(f"sref_s{_mask(state.strings, STRING_NAMES)}", self._names, state.strings, STRING_NAMES)
+
+    @staticmethod
+    def _names(names: frozenset[str], order: Sequence[str]) -> list[str]:
+        return [_lit(name) for name in order if name in names]
+
+
+def workflow_grammar(operators: Sequence[str], *, include_open_tag: bool = True) -> str:
+    """EBNF (root rule ``root``) of ``[<graph>\\n] <workflow> </graph>`` for these operators."""
+    unknown = [name for name in operators if name not in OPERATORS]
+    if unknown:
+        raise ValueError(f"unknown operators: {unknown}")
+    if all(_Builder.takes_list(name) for name in operators):
+        raise ValueError("the operators cannot produce a string (ScEnsemble needs a generator)")
+    builder = _Builder(operators)
+    builder.rule("root", builder.workflow, include_open_tag)
+    builder.rules["str"] = f"\"\\\"\" {STRING_CHAR}{{1,{MAX_STRING_CHARS}}} \"\\\"\""
+    return builder.text()
+
+
+class GrammarDecoding:
+    """A grammar compiled once for a tokenizer; hands out fresh per-generate processors.
+
+    Compilation (token masks over the whole vocabulary) is the expensive step, so it is
+    done once; a logits processor holds per-sequence matcher state and serves one
+    ``generate`` call only.
+    """
+
+    def __init__(self, grammar: str, tokenizer: PreTrainedTokenizerBase, vocab_size: int | None = None) -> None:
+        import xgrammar as xgr
+
+        self.tokenizer_info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self.compiled: xgrammar.CompiledGrammar = xgr.GrammarCompiler(self.tokenizer_info).compile_grammar(grammar)
+
+    def matcher(self) -> xgrammar.GrammarMatcher:
+        import xgrammar as xgr
+
+        return xgr.GrammarMatcher(self.compiled)
+
+    def logits_processor(self) -> LogitsProcessor:
+        return _processor_class()(self.compiled)
+
+
+_PROCESSOR_CLASS: type | None = None
+
+
+def _processor_class() -> type:
+    """The logits processor class, defined on first use so importing this module stays light."""
+    global _PROCESSOR_CLASS
+    if _PROCESSOR_CLASS is None:
+        _PROCESSOR_CLASS = _define_processor_class()
+    return _PROCESSOR_CLASS
+
+
+def _define_processor_class() -> type:
+    import torch
+    import xgrammar as xgr
+    from transformers import LogitsProcessor
+
+    class GrammarLogitsProcessor(LogitsProcessor):
+        """One xgrammar matcher per batch row (rows include ``num_return_sequences`` copies).
+
+        Unlike ``xgrammar.contrib.hf.LogitsProcessor`` it tolerates rows that
+        transformers has already finished (by a stop string or EOS) and pads: such a row's
+        matcher simply stops advancing and the row is left unmasked (its tokens are
+        replaced by padding anyway).
+        """
+
+        def __init__(self, compiled: xgrammar.CompiledGrammar) -> None:
+            self.compiled = compiled
+            self.vocab_size = compiled.tokenizer_info.vocab_size
+            self.matchers: list[xgrammar.GrammarMatcher] = []
+            self.live: list[bool] = []
+            self.bitmask: torch.Tensor | None = None
+            self.prompt_len = 0
+
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            if not self.matchers:
+                rows = input_ids.shape[0]
+                self.matchers = [xgr.GrammarMatcher(self.compiled) for _ in range(rows)]
+                self.live = [True] * rows
+                self.bitmask = xgr.allocate_token_bitmask(rows, self.vocab_size)
+                self.prompt_len = input_ids.shape[1]
+            elif input_ids.shape[0] != len(self.matchers):
+                raise RuntimeError("a GrammarLogitsProcessor serves one generate call with a fixed batch")
+            else:
+                self._advance(input_ids[:, -1].tolist())
+            assert self.bitmask is not None
+            self.bitmask.fill_(-1)  # all allowed; live rows refill their own row
+            for row, matcher in enumerate(self.matchers):
+                if self.live[row]:
+                    matcher.fill_next_token_bitmask(self.bitmask, row)
+            return self._apply(scores)
+
+        def _advance(self, tokens: list[int]) -> None:
+            for row, token in enumerate(tokens):
+                if self.live[row] and not self.matchers[row].accept_token(token):
+                    self.live[row] = False  # finished (stop string, padding) or terminated
+                elif self.live[row] and self.matchers[row].is_terminated():
+                    self.live[row] = False
+
+        def _apply(self, scores: torch.FloatTensor) -> torch.FloatTensor:
+            assert self.bitmask is not None
+            if scores.device.type in ("cpu", "cuda"):
+                xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device, non_blocking=True))
+                return scores
+            cpu = scores.to("cpu")
+            xgr.apply_token_bitmask_inplace(cpu, self.bitmask)
+            return cpu.to(scores.device)
+
+    return GrammarLogitsProcessor
