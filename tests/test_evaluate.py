@@ -190,3 +190,64 @@ def test_twenty_percent_faults_still_complete(tmp_path, data_dir):
     assert len(records) == 18 and all(r["detail"] != "failed" for r in records)
     calls = 18 * 2
     assert calls < sent <= calls * 13  # faults were retried, and retries are bounded
+
+
+AFLOW = ROOT.parent / "shared" / "data" / "aflow"
+
+
+def make_inference_stage(workspace: Path, dataset: str, ids: list[str], workflow: str, sets: list[str]) -> None:
+    config = load_config(None, sets)
+    ws = Workspace(workspace, dataset, 2)
+    run = ws.start("inference_generate", config)
+    run.log("inference/workflows.jsonl").append_many(
+        {"problem_id": pid, "sample": 0, "prompt": "p", "text": workflow, "workflow": workflow.removeprefix("<graph>\n"),
+         "valid": True, "reasons": [], "rounds": 1, "prompt_tokens": 1, "completion_tokens": 1}
+        for pid in ids
+    )
+    run.finish()
+
+
+QA_WORKFLOW = '''<graph>
+class Workflow:
+    def __init__(self, config, problem) -> None:
+        self.answer_generate = operator.AnswerGenerate(config, problem)
+
+    async def run_workflow(self):
+        answer = await self.answer_generate()
+        return answer
+'''
+
+
+@pytest.mark.skipif(not AFLOW.is_dir(), reason=f"published AFlow splits not found at {AFLOW}")
+def test_inference_reports_exact_and_judged_solve_rates(tmp_path):
+    data = tmp_path / "data"
+    prepared = subprocess.run([sys.executable, "-m", "data.prepare", "--dataset", "DROP", "--set", f"data_dir={data}"],
+                              cwd=ROOT, capture_output=True, text=True)
+    assert prepared.returncode == 0, prepared.stderr
+    test_ids = [str(r["id"]) for r in read_jsonl(data / "DROP" / "test.jsonl")]
+    answers = {str(r["id"]): r["ref_text"].split("|")[0] for r in read_jsonl(data / "DROP" / "test.jsonl")}
+
+    def responder(body: dict) -> Reply:
+        prompt = body["messages"][-1]["content"]
+        if prompt.startswith("You are grading"):
+            return Reply("1")  # the judge accepts everything
+        if "Extract the final answer" in prompt:
+            return Reply(prompt.split("Response:\n", 1)[1].split("\n\nExtract", 1)[0])
+        # answer the first problem right, the second wrong
+        right = answers[test_ids[0]]
+        return Reply(f"<thought>t</thought><answer>{right if right.lower() in prompt.lower() else 'zzz'}</answer>")
+
+    with FakeOpenAIServer(responder) as server:
+        sets = overrides(tmp_path / "ws", data, server.url)
+        make_inference_stage(tmp_path / "ws", "DROP", test_ids[:2], QA_WORKFLOW, sets)
+        cmd = [sys.executable, "evaluate.py", "--dataset", "DROP", "--task", "inference", "--epoch", "2"]
+        done = subprocess.run(cmd + [a for s in sets for a in ("--set", s)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    manifest = read_json(tmp_path / "ws" / "DROP" / "epoch_2" / "inference_evaluate.manifest.json")
+    counts = manifest["counts"]
+    assert counts["test_problems"] == 800  # unsolved problems without a workflow count against the rate
+    assert counts["judge_solve_rate"] == round(2 / 800, 4)
+    records = read_jsonl(tmp_path / "ws" / "DROP" / "epoch_2" / "inference" / "scores.jsonl")
+    assert len(records) == 2 and all(r["judge_score"] == 1.0 for r in records)
+    assert counts["solve_rate"] == round(sum(r["score"] for r in records) / 800, 4)
+    assert "solve rate" in done.stdout and "judged" in done.stdout
