@@ -11,15 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from scoreflow.cli import config_from_args, make_parser, run
+from scoreflow.cli import config_from_args, make_stage_parser, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=("optimize", "inference"), default="optimize")
-    parser.add_argument("--epoch", type=int, required=True)
-    parser.add_argument("--force", action="store_true", help="redo a finished stage (its records are replaced)")
-    args = parser.parse_args(argv)
+    args = make_stage_parser(__doc__.splitlines()[0]).parse_args(argv)
     config = config_from_args(args)
 
     from scoreflow.generation import GenerateStage, summary_line

@@ -61,9 +61,22 @@ class CodeBenchmark(Benchmark):
     # Names AFlow's checker puts in scope before the solution runs.
     prelude: ClassVar[str] = "import math\nimport hashlib\nimport re\nfrom typing import Any, Dict, List, Optional, Tuple\n"
 
+    answer_field: ClassVar[str]  # the record field holding the reference solution
+
     @classmethod
     def required_fields(cls) -> tuple[str, ...]:
         return ("prompt", "entry_point", "test")
+
+    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:
+        return Problem(
+            id=str(record[self.id_field]),
+            question=record["prompt"],
+            input=record["prompt"],
+            answer=record.get(self.answer_field, ""),
+            entry_point=record["entry_point"],
+            test=record["test"],
+            public_tests=select_public_tests(record["entry_point"], record["test"], public_tests),
+        )
 
     def check_call(self, problem: Problem) -> str:
         """The statement that runs the hidden tests (``check(...)``)."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from benchmarks.base import Problem
-from benchmarks.families import CodeBenchmark, prompt_helpers, select_public_tests
+from benchmarks.families import CodeBenchmark, prompt_helpers
 
 # AFlow adds the helper a prompt refers to for exactly these three problems.
 HELPER_PRELUDE_ENTRY_POINTS = frozenset({"decode_cyclic", "decode_shift", "find_zero"})
@@ -22,18 +20,8 @@ class HumanEval(CodeBenchmark):
     name = "HumanEval"
     file_stem = "humaneval"
     id_field = "task_id"
+    answer_field = "canonical_solution"
     split_sizes = {"validate": 33, "test": 131}
-
-    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:
-        return Problem(
-            id=str(record["task_id"]),
-            question=record["prompt"],
-            input=record["prompt"],
-            answer=record.get("canonical_solution", ""),
-            entry_point=record["entry_point"],
-            test=record["test"],
-            public_tests=select_public_tests(record["entry_point"], record["test"], public_tests),
-        )
 
     def check_call(self, problem: Problem) -> str:
         return f"check({problem.entry_point})"

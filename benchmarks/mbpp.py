@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from benchmarks.base import Problem
-from benchmarks.families import CodeBenchmark, select_public_tests
+from benchmarks.families import CodeBenchmark
 
 TRIAL_PROMPT = "Write a function to add two numbers.\n\ndef add(a, b):"
 
@@ -14,18 +12,8 @@ class MBPP(CodeBenchmark):
     name = "MBPP"
     file_stem = "mbpp"
     id_field = "task_id"
+    answer_field = "code"
     split_sizes = {"validate": 86, "test": 341}
-
-    def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:
-        return Problem(
-            id=str(record["task_id"]),
-            question=record["prompt"],
-            input=record["prompt"],
-            answer=record.get("code", ""),
-            entry_point=record["entry_point"],
-            test=record["test"],
-            public_tests=select_public_tests(record["entry_point"], record["test"], public_tests),
-        )
 
     def check_call(self, problem: Problem) -> str:
         return "check()"

@@ -37,6 +37,15 @@ def make_parser(description: str, *, dataset: bool = True) -> argparse.ArgumentP
     return parser
 
 
+def make_stage_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the epoch-indexed stage scripts (generate.py, evaluate.py)."""
+    parser = make_parser(description)
+    parser.add_argument("--task", choices=("optimize", "inference"), default="optimize")
+    parser.add_argument("--epoch", type=int, required=True)
+    parser.add_argument("--force", action="store_true", help="redo a finished stage (its records are replaced)")
+    return parser
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Load the config the options name and check the dataset name against it."""
     config = load_config(args.config, args.overrides)

@@ -54,17 +54,6 @@ def code_reply(body: dict) -> Reply:
     return Reply(f"```python\n{code}\n```", delay_s=0.05)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    done = subprocess.run(
-        [sys.executable, "-m", "data.prepare", "--dataset", "HumanEval", "--set", f"data_dir={folder}"],
-        cwd=ROOT, capture_output=True, text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    return folder
-
-
 def overrides(workspace: Path, data_dir: Path, url: str, **extra: str) -> list[str]:
     base = {
         "workspace": str(workspace),

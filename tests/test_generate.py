@@ -89,17 +89,6 @@ def test_code_template_is_allowed_by_threshold():
 # ---------------------------------------------------------------- end to end on CPU
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    done = subprocess.run(
-        [sys.executable, "-m", "data.prepare", "--dataset", "HumanEval", "--set", f"data_dir={folder}"],
-        cwd=ROOT, capture_output=True, text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    return folder
-
-
 def tiny(workspace: Path, data_dir: Path, *extra: str) -> list[str]:
     sets = [
         f"workspace={workspace}", f"data_dir={data_dir}", f"cache_dir={CACHE}",

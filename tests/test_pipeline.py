@@ -17,17 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "tests"
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    done = subprocess.run(
-        [sys.executable, "-m", "data.prepare", "--dataset", "HumanEval", "--set", f"data_dir={folder}"],
-        cwd=ROOT, capture_output=True, text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    return folder
-
-
 def script(name: str, workspace: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     sets = [
         f"workspace={workspace}", f"data_dir={data_dir}", f"cache_dir={CACHE}",
