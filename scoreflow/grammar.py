@@ -25,8 +25,10 @@ nonterminals carry that state explicitly over a small, fixed vocabulary:
 * fixed 4-space indentation, one blank line between the methods, no comments;
 * string literals are double-quoted printable ASCII without ``"``, ``\\``, ``<``,
   backticks or parentheses (so neither ``</graph>``, a Markdown fence, nor the banned
-  substrings ``int(`` / ``.split(' ')`` of SPEC section 4 can appear inside), 1 to
-  ``MAX_STRING_CHARS`` characters.
+  substrings ``int(`` / ``.split(' ')`` of SPEC section 4 can appear inside), made of
+  1 to ``MAX_STRING_WORDS`` words of at most ``MAX_WORD_CHARS`` characters joined by
+  single spaces (a bounded length that xgrammar compiles fast: one flat ``{1,160}``
+  repetition of characters alone costs seconds of compilation).
 
 The grammar covers the completion after the prompt: optionally ``<graph>\\n``
 (``include_open_tag``; the chat prompt ends with the assistant header, so the model
@@ -36,6 +38,7 @@ writes the tag itself), the workflow, then ``</graph>``. Sampling stops at
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -46,12 +49,13 @@ if TYPE_CHECKING:
     import xgrammar
     from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
-STRING_NAMES: tuple[str, ...] = ("solution", "answer", "result", "final")
+STRING_NAMES: tuple[str, ...] = ("solution", "answer", "final")  # each doubles the grammar
 LIST_NAMES: tuple[str, ...] = ("solutions",)
 LIST_KEYWORDS = frozenset({"solutions"})  # keyword arguments that take a list (ScEnsemble)
 LOOP_COUNTS: tuple[int, ...] = (1, 2, 3)
 MAX_LOOP_DEPTH = 2
-MAX_STRING_CHARS = 160
+MAX_STRING_WORDS = 40  # a literal is 1..40 words joined by single spaces
+MAX_WORD_CHARS = 24  # of 1..24 characters each (bounded repetitions compile cheaply this way)
 INDENT = "    "
 BODY_INDENT = 2  # run_workflow's statements sit two levels deep (class, method)
 CLOSE_TAG = "</graph>"
@@ -59,6 +63,7 @@ OPEN_TAG = "<graph>"
 # Printable ASCII minus '"', '(', ')', '<', '\\' and '`': no escapes, no "</graph>" or Markdown
 # fence inside a literal, and none of the banned substrings ``int(`` and ``.split(' ')``.
 STRING_CHAR = r"[ !#-'*-;=-\[\]-_a-~]"
+WORD_CHAR = STRING_CHAR.replace("[ ", "[", 1)  # the same without the space
 
 
 @dataclass(frozen=True)
@@ -267,23 +272,27 @@ def workflow_grammar(operators: Sequence[str], *, include_open_tag: bool = True)
         raise ValueError("the operators cannot produce a string (ScEnsemble needs a generator)")
     builder = _Builder(operators)
     builder.rule("root", builder.workflow, include_open_tag)
-    builder.rules["str"] = f"\"\\\"\" {STRING_CHAR}{{1,{MAX_STRING_CHARS}}} \"\\\"\""
+    builder.rules["str"] = f'"\\"" word (" " word){{0,{MAX_STRING_WORDS - 1}}} "\\""'
+    builder.rules["word"] = f"{WORD_CHAR}{{1,{MAX_WORD_CHARS}}}"
     return builder.text()
 
 
 class GrammarDecoding:
     """A grammar compiled once for a tokenizer; hands out fresh per-generate processors.
 
-    Compilation (token masks over the whole vocabulary) is the expensive step, so it is
-    done once; a logits processor holds per-sequence matcher state and serves one
-    ``generate`` call only.
+    Compilation (token masks over the whole vocabulary, a few seconds) is the expensive
+    step, so it is done once per (grammar, tokenizer) in a process (``_COMPILED``); a
+    logits processor holds per-sequence matcher state and serves one ``generate`` call.
     """
 
     def __init__(self, grammar: str, tokenizer: PreTrainedTokenizerBase, vocab_size: int | None = None) -> None:
-        import xgrammar as xgr
-
-        self.tokenizer_info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-        self.compiled: xgrammar.CompiledGrammar = xgr.GrammarCompiler(self.tokenizer_info).compile_grammar(grammar)
+        key = (hashlib.sha256(grammar.encode()).hexdigest(), getattr(tokenizer, "name_or_path", ""),
+               len(tokenizer), vocab_size)
+        if key not in _COMPILED:
+            _COMPILED[key] = _compile(grammar, tokenizer, vocab_size)
+            while len(_COMPILED) > _COMPILED_LIMIT:
+                _COMPILED.pop(next(iter(_COMPILED)))
+        self.compiled: xgrammar.CompiledGrammar = _COMPILED[key]
 
     def matcher(self) -> xgrammar.GrammarMatcher:
         import xgrammar as xgr
@@ -292,6 +301,17 @@ class GrammarDecoding:
 
     def logits_processor(self) -> LogitsProcessor:
         return _processor_class()(self.compiled)
+
+
+_COMPILED: dict[tuple[str, str, int, int | None], Any] = {}  # oldest first
+_COMPILED_LIMIT = 4
+
+
+def _compile(grammar: str, tokenizer: PreTrainedTokenizerBase, vocab_size: int | None) -> xgrammar.CompiledGrammar:
+    import xgrammar as xgr
+
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+    return xgr.GrammarCompiler(info, cache_enabled=False).compile_grammar(grammar)
 
 
 _PROCESSOR_CLASS: type | None = None

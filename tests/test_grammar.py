@@ -1,0 +1,210 @@
+"""The workflow grammar: it compiles, it accepts the templates, and everything it accepts
+passes ``check_workflow`` (random walks through an xgrammar matcher with the SmolLM2
+tokenizer — the agreement test between ``scoreflow/grammar.py`` and the checker)."""
+
+from __future__ import annotations
+
+import collections
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+xgr = pytest.importorskip("xgrammar", reason="grammar-constrained decoding needs xgrammar")
+
+from benchmarks import get_benchmark  # noqa: E402
+from scoreflow.config import DATASETS  # noqa: E402
+from scoreflow.grammar import (  # noqa: E402
+    MAX_STRING_WORDS,
+    MAX_WORD_CHARS,
+    STRING_CHAR,
+    GrammarDecoding,
+    workflow_grammar,
+)
+from scoreflow.workflow import WorkflowRejected, check_workflow, extract_graph  # noqa: E402
+
+CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache"
+OPERATOR_SETS = sorted({get_benchmark(name).operators for name in DATASETS})
+WALKS_PER_SET = 150
+MAX_WALK_TOKENS = 2500
+
+
+# ---------------------------------------------------------------- without a tokenizer
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_grammar_parses_for_every_benchmark(dataset: str) -> None:
+    grammar = workflow_grammar(get_benchmark(dataset).operators)
+    assert grammar.startswith("root ::= ")
+    xgr.Grammar.from_ebnf(grammar)  # raises on a syntax error or an undefined rule
+
+
+def test_grammar_text_is_deterministic_and_tag_optional() -> None:
+    ops = get_benchmark("GSM8K").operators
+    assert workflow_grammar(ops) == workflow_grammar(ops)
+    assert '"<graph>\\nclass Workflow:' in workflow_grammar(ops)
+    assert "<graph>\\n" not in workflow_grammar(ops, include_open_tag=False)
+
+
+def test_bad_operator_sets_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        workflow_grammar(["Custom", "Shell"])
+    with pytest.raises(ValueError, match="cannot produce"):
+        workflow_grammar(["ScEnsemble"])
+
+
+def test_string_literal_characters() -> None:
+    allowed = {chr(c) for c in range(256) if re.fullmatch(STRING_CHAR, chr(c))}
+    assert allowed == {chr(c) for c in range(0x20, 0x7F)} - set('"()<\\`')
+
+
+# ---------------------------------------------------------------- with the SmolLM2 tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoConfig, AutoTokenizer
+
+    from scoreflow.models import resolve_model
+
+    folder = resolve_model("smollm2-135m-instruct", cache_dir=CACHE_DIR)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.vocab_size_full = AutoConfig.from_pretrained(folder).vocab_size
+    return tok
+
+
+def decoding(tokenizer, operators: tuple[str, ...], **kwargs) -> GrammarDecoding:
+    """Compiled once per process and grammar (GrammarDecoding caches)."""
+    return GrammarDecoding(workflow_grammar(operators, **kwargs), tokenizer, tokenizer.vocab_size_full)
+
+
+def accepts(dec: GrammarDecoding, tokenizer, text: str) -> bool:
+    """The grammar takes exactly ``text`` as the model's tokens would spell it."""
+    matcher = dec.matcher()
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return all(matcher.accept_token(t) for t in ids) and matcher.is_completed()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_template_workflow_is_accepted(tokenizer, dataset: str) -> None:
+    bench = get_benchmark(dataset)
+    dec = decoding(tokenizer, bench.operators)
+    text = "<graph>\n" + bench.template_workflow + "</graph>"
+    assert accepts(dec, tokenizer, text)
+    assert not accepts(dec, tokenizer, text[: -len("</graph>")])  # the closing tag is required
+
+
+DOC_EXAMPLE = '''class Workflow:
+    def __init__(self, config, problem) -> None:
+        self.custom = operator.Custom(config, problem)
+        self.sc_ensemble = operator.ScEnsemble(config, problem)
+
+    async def run_workflow(self):
+        solutions = []
+        for _ in range(3):
+            solution = await self.custom(instruction="Solve the problem step by step.")
+            solutions.append(solution)
+        final = await self.sc_ensemble(solutions=solutions)
+        return final
+'''
+
+
+@pytest.mark.slow
+def test_language_example_is_accepted_without_open_tag(tokenizer) -> None:
+    ops = get_benchmark("GSM8K").operators
+    assert accepts(decoding(tokenizer, ops, include_open_tag=False), tokenizer, DOC_EXAMPLE + "</graph>")
+    check_workflow(DOC_EXAMPLE, ops)
+
+
+REJECTED = {
+    "name used before assignment": ("solution = await self.custom(instruction=\"x\")", "return final"),
+    "unbound operator": ("solution = await self.review(pre_solution=\"x\")", "return solution"),
+    "ensemble of an empty list": ("solutions = []", "solution = await self.sc_ensemble(solutions=solutions)"),
+    "closing tag inside a literal": ("solution = await self.custom(instruction=\"a </graph> b\")", "return solution"),
+    "banned substring in a literal": ("solution = await self.custom(instruction=\"use int( x\")", "return solution"),
+    "range too long": ("for _ in range(4):", "    solution = await self.custom(instruction=\"x\")"),
+    "word too long": (f"solution = await self.custom(instruction=\"{'a' * (MAX_WORD_CHARS + 1)}\")", "return solution"),
+    "too many words": (f"solution = await self.custom(instruction=\"{' '.join(['a'] * (MAX_STRING_WORDS + 1))}\")",
+                       "return solution"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(REJECTED))
+def test_grammar_refuses_what_the_checker_or_pipeline_would(tokenizer, case: str) -> None:
+    ops = get_benchmark("GSM8K").operators
+    head = DOC_EXAMPLE.split("    async def")[0] + "    async def run_workflow(self):\n"
+    body = "".join(f"        {line}\n" for line in REJECTED[case])
+    assert not accepts(decoding(tokenizer, ops), tokenizer, "<graph>\n" + head + body + "</graph>")
+
+
+class Walker:
+    """Random walks: at each step a uniformly random token the grammar allows.
+
+    Inside a string literal nearly the whole vocabulary is allowed, so with probability
+    ``close_bias`` a walk picks among the allowed tokens that contain a double quote —
+    walks then end sooner and contain more statements (a better probe of the grammar's
+    state tracking) while still reaching every allowed token.
+    """
+
+    def __init__(self, dec: GrammarDecoding, tokenizer, seed: int, close_bias: float = 0.3) -> None:
+        self.dec, self.tokenizer = dec, tokenizer
+        self.vocab = tokenizer.vocab_size_full
+        self.rng = np.random.default_rng(seed)
+        self.close_bias = close_bias
+        self.quote = np.zeros(self.vocab, dtype=bool)
+        for token_id in range(len(tokenizer)):
+            self.quote[token_id] = '"' in tokenizer.decode([token_id])
+        self.bitmask = xgr.allocate_token_bitmask(1, self.vocab)
+
+    def allowed(self) -> np.ndarray:
+        bits = np.unpackbits(self.bitmask[0].numpy().view(np.uint8), bitorder="little")[: self.vocab]
+        return bits.astype(bool)
+
+    def walk(self) -> str | None:
+        """The decoded text of one complete walk (None: not finished within the bound)."""
+        matcher, tokens = self.dec.matcher(), []
+        while not matcher.is_completed() and len(tokens) < MAX_WALK_TOKENS:
+            matcher.fill_next_token_bitmask(self.bitmask)
+            allowed = self.allowed()
+            closing = allowed & self.quote
+            if allowed.sum() > 1000 and closing.any() and self.rng.random() < self.close_bias:
+                allowed = closing
+            token = int(self.rng.choice(np.flatnonzero(allowed)))
+            assert matcher.accept_token(token)
+            tokens.append(token)
+        return self.tokenizer.decode(tokens) if matcher.is_completed() else None
+
+
+FEATURES = {
+    "loop": "for _ in range(",
+    "nested loop": "            for _ in range(",
+    "ensemble": "sc_ensemble(solutions=",
+    "append": ".append(",
+    "concatenation": '" + ',
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("operators", OPERATOR_SETS, ids=lambda ops: "+".join(ops))
+def test_random_walks_pass_check_workflow(tokenizer, operators: tuple[str, ...]) -> None:
+    walker = Walker(decoding(tokenizer, operators), tokenizer, seed=len(operators) + sum(map(len, operators)))
+    seen: collections.Counter[str] = collections.Counter()
+    finished = 0
+    for _ in range(WALKS_PER_SET):
+        text = walker.walk()
+        if text is None:
+            continue
+        finished += 1
+        assert text.startswith("<graph>\n") and text.endswith("</graph>")
+        source = extract_graph(text)
+        try:
+            check_workflow(source, operators)
+        except WorkflowRejected as exc:
+            pytest.fail(f"the grammar accepted a workflow the checker rejects ({exc.reason}):\n{source}")
+        seen.update(name for name, marker in FEATURES.items() if marker in source)
+    print(f"{'+'.join(operators)}: {finished}/{WALKS_PER_SET} walks finished; features {dict(seen)}")
+    assert finished >= 0.9 * WALKS_PER_SET
+    assert {"loop", "ensemble", "append", "concatenation"} <= set(seen)  # the walks reach the grammar's corners
