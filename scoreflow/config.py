@@ -11,6 +11,7 @@ holds its API key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -331,6 +332,8 @@ def _coerce(hint: Any, value: Any, *, source: str, path: str) -> Any:
 
 
 def _coerce_scalar(hint: Any, value: Any, *, source: str, path: str) -> Any:
+    if hint is float and isinstance(value, str):
+        value = _yaml_float(value)  # YAML 1.1 reads "1e-6" (no dot) as a string
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -342,6 +345,15 @@ def _coerce_scalar(hint: Any, value: Any, *, source: str, path: str) -> Any:
     if not ok:
         raise ScoreFlowError(f"{source}: {path}: expected {_type_name(hint)} (got {value!r})")
     return float(value) if hint is float else value
+
+
+def _yaml_float(text: str) -> Any:
+    """A numeric string as a float; anything else (and nan/inf) stays text and fails the type check."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
 
 
 def _type_name(hint: type) -> str:

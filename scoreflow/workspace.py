@@ -73,7 +73,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "optimize",
-            ("adapter",),
+            ("adapter", "merged"),
             "accelerate launch --num_processes=1 optimize.py --dataset {dataset} --epoch {prev_epoch}",
         ),
         StageSpec(

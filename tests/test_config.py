@@ -46,6 +46,7 @@ def test_overrides_and_partial_file(tmp_path):
     assert c.executor.model == "gpt-4o" and c.executor.base_url is None
     assert c.training.lora.target_modules == ("q_proj",)
     assert isinstance(load_config(None, ["training.beta=1"]).training.beta, float)
+    assert load_config(None, ["training.learning_rate=1e-6"]).training.learning_rate == 1e-6
     prices = load_config(None, ["executor.prices.my-model.input=1.5"]).executor.prices
     assert prices["my-model"].input == 1.5 and prices["my-model"].output == 0.0
 

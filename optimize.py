@@ -1,0 +1,34 @@
+"""Fine-tune the generator's LoRA on one epoch's preference pairs (Score-DPO by default).
+
+    accelerate launch --num_processes=1 optimize.py --dataset HumanEval --epoch 0   # writes epoch_1/adapter
+    python optimize.py --dataset HumanEval --epoch 1 --set training.loss=dpo          # plain python works too
+
+Epoch 0 creates the LoRA; epoch i > 0 continues epoch i's adapter. The reference is
+always the base model. More processes under ``accelerate launch`` train data parallel;
+only the main process writes the adapter and the manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from scoreflow.cli import config_from_args, make_parser, run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--epoch", type=int, required=True, help="train on its pairs; writes epoch+1's adapter")
+    parser.add_argument("--force", action="store_true", help="retrain a finished adapter (it is replaced)")
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+
+    from scoreflow.training import OptimizeStage, summary_line
+
+    manifest = OptimizeStage(config, args.dataset, args.epoch).run(force=args.force)
+    if manifest is not None:  # the main process
+        print(summary_line(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
