@@ -240,3 +240,21 @@ def test_inference_reports_exact_and_judged_solve_rates(tmp_path):
     assert len(records) == 2 and all(r["judge_score"] == 1.0 for r in records)
     assert counts["solve_rate"] == round(sum(r["score"] for r in records) / 800, 4)
     assert "solve rate" in done.stdout and "judged" in done.stdout
+
+
+@pytest.mark.slow
+def test_pairs_from_evaluate_train_smollm2(tmp_path, data_dir):
+    """optimize.py on the preference pairs evaluate.py wrote (SmolLM2-135M, CPU, a few steps)."""
+    with FakeOpenAIServer(code_reply) as server:
+        sets = overrides(tmp_path / "ws", data_dir, server.url, **{"datasets.HumanEval.n_pairs": "3"})
+        make_generate_stage(tmp_path / "ws", data_dir, sets)
+        assert evaluate(sets).returncode == 0
+    pairs = read_jsonl(tmp_path / "ws" / "HumanEval" / "epoch_0" / "preferences.jsonl")
+    assert len(pairs) == 3
+    train = sets + [f"cache_dir={ROOT / '.cache' / 'tests'}", "generator.model=smollm2-135m-instruct"]
+    cmd = [sys.executable, "optimize.py", "--dataset", "HumanEval", "--epoch", "0"]
+    done = subprocess.run(cmd + [a for s in train for a in ("--set", s)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = read_json(tmp_path / "ws" / "HumanEval" / "epoch_1" / "optimize.manifest.json")
+    assert manifest["status"] == "complete"
+    assert (tmp_path / "ws" / "HumanEval" / "epoch_1" / "adapter" / "adapter_config.json").exists()
