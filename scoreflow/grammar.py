@@ -22,6 +22,10 @@ nonterminals carry that state explicitly over a small, fixed vocabulary:
   is a string literal, an assigned string name, or ``"literal" + name``. Names first
   assigned inside a loop body are not visible after the loop (the checker would
   allow them; the subset does not need them); lists filled inside a loop are;
+* at most ``MAX_STATEMENTS`` top-level statements before the ``return`` (a loop counts
+  as one) and ``LOOP_BODY_STATEMENTS`` per loop body, so every workflow is finite
+  (small models otherwise repeat a line until the token limit); optionally at least
+  ``min_calls`` operator calls before the ``return`` (see ``workflow_grammar``);
 * fixed 4-space indentation, one blank line between the methods, no comments;
 * string literals are double-quoted printable ASCII without ``"``, ``\\``, ``<``,
   backticks or parentheses (so neither ``</graph>``, a Markdown fence, nor the banned
@@ -40,8 +44,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from scoreflow.operators import OPERATORS
 
@@ -54,6 +59,8 @@ LIST_NAMES: tuple[str, ...] = ("solutions",)
 LIST_KEYWORDS = frozenset({"solutions"})  # keyword arguments that take a list (ScEnsemble)
 LOOP_COUNTS: tuple[int, ...] = (1, 2, 3)
 MAX_LOOP_DEPTH = 2
+MAX_STATEMENTS = 8  # run_workflow's top-level statements before the return (a loop counts once)
+LOOP_BODY_STATEMENTS: tuple[int, ...] = (3, 2)  # statements in a loop body, by nesting depth
 MAX_STRING_WORDS = 40  # a literal is 1..40 words joined by single spaces
 MAX_WORD_CHARS = 24  # of 1..24 characters each (bounded repetitions compile cheaply this way)
 INDENT = "    "
@@ -68,26 +75,48 @@ WORD_CHAR = STRING_CHAR.replace("[ ", "[", 1)  # the same without the space
 
 @dataclass(frozen=True)
 class _State:
-    """What run_workflow has surely done so far: assigned strings, defined and filled lists."""
+    """What run_workflow has surely done so far: assigned strings, defined and filled lists,
+    and operator calls made (counted up to the builder's cap, 0 when not counted)."""
 
     strings: frozenset[str] = frozenset()
     lists: frozenset[str] = frozenset()
     filled: frozenset[str] = frozenset()
+    calls: int = 0
+    count: int = 0  # statements so far in the current block
 
     def key(self) -> str:
-        return f"s{_mask(self.strings, STRING_NAMES)}l{_mask(self.lists, LIST_NAMES)}f{_mask(self.filled, LIST_NAMES)}"
+        return (f"s{_mask(self.strings, STRING_NAMES)}l{_mask(self.lists, LIST_NAMES)}"
+                f"f{_mask(self.filled, LIST_NAMES)}c{self.calls}n{self.count}")
+
+    def as_goal(self) -> _Exit:
+        return _Exit(self.filled, self.calls)
 
     def assign(self, name: str) -> _State:
-        return _State(self.strings | {name}, self.lists, self.filled)
+        return replace(self, strings=self.strings | {name})
 
     def define_list(self, name: str) -> _State:
-        return _State(self.strings, self.lists | {name}, self.filled)
+        return replace(self, lists=self.lists | {name})
 
     def fill(self, name: str) -> _State:
-        return _State(self.strings, self.lists, self.filled | {name})
+        return replace(self, filled=self.filled | {name})
 
-    def with_filled(self, filled: frozenset[str]) -> _State:
-        return _State(self.strings, self.lists, filled)
+    def called(self, cap: int) -> _State:
+        return replace(self, calls=min(cap, self.calls + 1))
+
+
+@dataclass(frozen=True)
+class _Exit:
+    """What a loop body must leave behind (names it assigns stay inside the loop)."""
+
+    filled: frozenset[str]
+    calls: int
+
+    def key(self) -> str:
+        return f"t{_mask(self.filled, LIST_NAMES)}c{self.calls}"
+
+    def allows(self, state: _State) -> bool:
+        """``state`` can still end the body in this goal (fills and calls only grow)."""
+        return state.filled <= self.filled and state.calls <= self.calls
 
 
 def _mask(names: frozenset[str], order: Sequence[str]) -> int:
@@ -105,50 +134,84 @@ def _subsets(items: Sequence[str]) -> Iterator[frozenset[str]]:
             yield frozenset(combo)
 
 
-class _Builder:
-    """Emits the rules reachable from the root, memoised by name (the state is in the name)."""
+Alternative = tuple[str, ...]  # EBNF fragments: literals, inline groups, or rule names
 
-    def __init__(self, operators: Sequence[str]) -> None:
+
+class _Builder:
+    """Emits rules memoised by name (the state is in the name), then keeps only the rules
+    that can derive a complete string and are reachable from the root."""
+
+    def __init__(self, operators: Sequence[str], min_calls: int, max_statements: int) -> None:
         self.operators = tuple(operators)
-        self.rules: dict[str, str] = {}
+        self.cap = min_calls if min_calls > 1 else 0  # 0: a return needs a string, hence a call
+        self.limits = (max_statements, *LOOP_BODY_STATEMENTS)  # statements per block, by depth
+        self.rules: dict[str, list[Alternative]] = {}
 
     def rule(self, name: str, make: Any, *args: Any) -> str:
         """The rule ``name``, built once by ``make(*args) -> [alternatives]``."""
         if name not in self.rules:
-            self.rules[name] = ""  # placeholder: rules refer to themselves through the state
-            self.rules[name] = " | ".join(make(*args))
+            self.rules[name] = []  # placeholder: rules refer to themselves through the state
+            self.rules[name] = [tuple(alt) for alt in make(*args)]
         return name
 
     def text(self) -> str:
-        return "\n".join(f"{name} ::= {body}" for name, body in self.rules.items()) + "\n"
+        live = self.productive()
+        if "root" not in live:
+            raise ValueError("the operators cannot produce a workflow (ScEnsemble needs a generator)")
+        lines = []
+        for name in self.reachable(live):
+            alternatives = [alt for alt in self.rules[name] if self.complete(alt, live)]
+            lines.append(f"{name} ::= " + " | ".join(" ".join(alt) or '""' for alt in alternatives))
+        return "\n".join(lines) + "\n"
+
+    def complete(self, alternative: Alternative, live: set[str]) -> bool:
+        return all(part in live for part in alternative if part in self.rules)
+
+    def productive(self) -> set[str]:
+        """Rules that derive at least one finite string (least fixpoint)."""
+        live: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for name, alternatives in self.rules.items():
+                if name not in live and any(self.complete(alt, live) for alt in alternatives):
+                    live.add(name)
+                    changed = True
+        return live
+
+    def reachable(self, live: set[str]) -> list[str]:
+        order, stack = [], ["root"]
+        seen = {"root"}
+        while stack:
+            name = stack.pop()
+            order.append(name)
+            for alt in self.rules[name]:
+                if self.complete(alt, live):
+                    for part in alt:
+                        if part in self.rules and part not in seen:
+                            seen.add(part)
+                            stack.append(part)
+        return order
 
     # ------------------------------------------------------------ class and __init__
 
-    def workflow(self, open_tag: bool) -> list[str]:
+    def workflow(self, open_tag: bool) -> list[Alternative]:
         head = (OPEN_TAG + "\n" if open_tag else "") + "class Workflow:\n"
         head += f"{INDENT}def __init__(self, config, problem) -> None:\n"
-        return [f"{_lit(head)} {self.init(0, frozenset())} {_lit(CLOSE_TAG)}"]
+        return [(_lit(head), self.init(0, frozenset()), _lit(CLOSE_TAG))]
 
     def init(self, index: int, bound: frozenset[str]) -> str:
         return self.rule(f"init{index}_{self.bmask(bound)}", self._init, index, bound)
 
-    def _init(self, index: int, bound: frozenset[str]) -> list[str]:
+    def _init(self, index: int, bound: frozenset[str]) -> list[Alternative]:
+        """Bind a non-empty subset of the operators, in the benchmark's order."""
         if index == len(self.operators):
-            run = f"\n{INDENT}async def run_workflow(self):\n"
-            return [f"{_lit(run)} {self.body(bound, _State())}"]
+            if not bound:
+                return []
+            return [(_lit(f"\n{INDENT}async def run_workflow(self):\n"), self.body(bound, _State()))]
         name = self.operators[index]
-        op = OPERATORS[name]
-        line = f"{INDENT * 2}self.{op.attribute} = operator.{name}(config, problem)\n"
-        options = []
-        if self.viable(bound | {name}, index + 1):
-            options.append(f"{_lit(line)} {self.init(index + 1, bound | {name})}")
-        if self.viable(bound, index + 1):
-            options.append(self.init(index + 1, bound))
-        return options
-
-    def viable(self, bound: frozenset[str], index: int) -> bool:
-        """Some completion of the bindings can produce a string (ScEnsemble alone cannot)."""
-        return any(not self.takes_list(op) for op in bound | set(self.operators[index:]))
+        line = f"{INDENT * 2}self.{OPERATORS[name].attribute} = operator.{name}(config, problem)\n"
+        return [(_lit(line), self.init(index + 1, bound | {name})), (self.init(index + 1, bound),)]
 
     def bmask(self, bound: frozenset[str]) -> int:
         return _mask(bound, self.operators)
@@ -163,60 +226,68 @@ class _Builder:
         """Top-level statements of run_workflow, ending with ``return``."""
         return self.rule(f"body{self.bmask(bound)}_{state.key()}", self._body, bound, state)
 
-    def _body(self, bound: frozenset[str], state: _State) -> list[str]:
+    def _body(self, bound: frozenset[str], state: _State) -> list[Alternative]:
         indent = _lit(INDENT * BODY_INDENT)
-        options = [f"{indent} {stmt} {self.body(bound, after)}" for stmt, after in self.statements(bound, state, 0, None)]
-        if state.strings:
-            options.append(f"{indent} \"return \" {self.string_ref(state)} \"\\n\"")
+        options = [(indent, *stmt, self.body(bound, after)) for stmt, after in self.statements(bound, state, 0, None)]
+        if state.strings and state.calls >= self.cap:
+            options.append((indent, _lit("return "), self.string_ref(state), _lit("\n")))
         return options
 
-    def loop_body(self, bound: frozenset[str], state: _State, depth: int, target: frozenset[str]) -> str:
-        """A loop's statements (at least one); it must leave exactly ``target`` lists filled."""
-        name = f"loop{self.bmask(bound)}_{state.key()}_d{depth}_t{_mask(target, LIST_NAMES)}"
-        return self.rule(name, self._loop_body, bound, state, depth, target)
+    def loop_body(self, bound: frozenset[str], state: _State, depth: int, goal: _Exit) -> str:
+        """A loop's statements (at least one), ending in exactly ``goal``."""
+        name = f"loop{self.bmask(bound)}_{state.key()}_d{depth}_{goal.key()}"
+        return self.rule(name, self._loop_body, bound, state, depth, goal)
 
-    def _loop_body(self, bound: frozenset[str], state: _State, depth: int, target: frozenset[str]) -> list[str]:
+    def _loop_body(self, bound: frozenset[str], state: _State, depth: int, goal: _Exit) -> list[Alternative]:
         indent = _lit(INDENT * (BODY_INDENT + depth))
-        return [f"{indent} {stmt} {self.loop_rest(bound, after, depth, target)}"
-                for stmt, after in self.statements(bound, state, depth, target)]
+        return [(indent, *stmt, self.loop_rest(bound, after, depth, goal))
+                for stmt, after in self.statements(bound, state, depth, goal)]
 
-    def loop_rest(self, bound: frozenset[str], state: _State, depth: int, target: frozenset[str]) -> str:
-        name = f"rest{self.bmask(bound)}_{state.key()}_d{depth}_t{_mask(target, LIST_NAMES)}"
-        return self.rule(name, self._loop_rest, bound, state, depth, target)
+    def loop_rest(self, bound: frozenset[str], state: _State, depth: int, goal: _Exit) -> str:
+        name = f"rest{self.bmask(bound)}_{state.key()}_d{depth}_{goal.key()}"
+        return self.rule(name, self._loop_rest, bound, state, depth, goal)
 
-    def _loop_rest(self, bound: frozenset[str], state: _State, depth: int, target: frozenset[str]) -> list[str]:
-        options = [self.loop_body(bound, state, depth, target)]
-        if state.filled == target:
-            options.append('""')
+    def _loop_rest(self, bound: frozenset[str], state: _State, depth: int, goal: _Exit) -> list[Alternative]:
+        options: list[Alternative] = [(self.loop_body(bound, state, depth, goal),)]
+        if state.as_goal() == goal:
+            options.append(())
         return options
 
     def statements(self, bound: frozenset[str], state: _State, depth: int,
-                   target: frozenset[str] | None) -> Iterator[tuple[str, _State]]:
-        """(statement after its indentation, state after it); ``target`` None at top level."""
+                   goal: _Exit | None) -> Iterator[tuple[Alternative, _State]]:
+        """(statement after its indentation, state after it); ``goal`` is None at top level."""
+        if state.count >= self.limits[depth]:
+            return iter(())
+        candidates = [(stmt, replace(after, count=state.count + 1))
+                      for stmt, after in self._statements(bound, state, depth, goal)]
+        return ((stmt, after) for stmt, after in candidates if goal is None or goal.allows(after))
+
+    def _statements(self, bound: frozenset[str], state: _State, depth: int,
+                    goal: _Exit | None) -> Iterator[tuple[Alternative, _State]]:
         call = self.call(bound, state)
         for name in STRING_NAMES:
-            yield f"{_lit(name + ' = ')} {call} \"\\n\"", state.assign(name)
+            yield (_lit(name + " = "), call, _lit("\n")), state.assign(name).called(self.cap)
         if not any(self.takes_list(op) for op in bound):
             return  # lists only feed ScEnsemble
         for name in LIST_NAMES:
-            if name not in state.lists and target is None:
-                yield _lit(f"{name} = []\n"), state.define_list(name)
-            if name in state.lists and (target is None or name in target):
-                yield f"{_lit(name + '.append(')} {self.append_arg(bound, state)} \")\\n\"", state.fill(name)
+            if name not in state.lists and goal is None:
+                yield (_lit(f"{name} = []\n"),), state.define_list(name)
+            if name in state.lists:
+                head = _lit(name + ".append(")
+                yield (head, call, _lit(")\n")), state.fill(name).called(self.cap)
+                if state.strings:
+                    yield (head, self.string_ref(state), _lit(")\n")), state.fill(name)
         if depth < MAX_LOOP_DEPTH:
-            yield from self.loops(bound, state, depth, target)
+            yield from self.loops(bound, state, depth)
 
-    def loops(self, bound: frozenset[str], state: _State, depth: int,
-              target: frozenset[str] | None) -> Iterator[tuple[str, _State]]:
-        """``for _ in range(N):`` with each possible set of lists its body leaves filled."""
-        counts = " | ".join(_lit(str(n)) for n in LOOP_COUNTS)
-        head = f"\"for _ in range(\" ({counts}) \"):\\n\""
-        unfilled = sorted(state.lists - state.filled)
-        for extra in _subsets(unfilled):
-            inner = state.filled | extra
-            if target is not None and not inner <= target:
-                continue
-            yield f"{head} {self.loop_body(bound, state, depth + 1, inner)}", state.with_filled(inner)
+    def loops(self, bound: frozenset[str], state: _State, depth: int) -> Iterator[tuple[Alternative, _State]]:
+        """``for _ in range(N):`` once per goal its body may reach (lists filled, calls made)."""
+        head = ('"for _ in range("', "(" + " | ".join(_lit(str(n)) for n in LOOP_COUNTS) + ")", _lit("):\n"))
+        for extra in _subsets(sorted(state.lists - state.filled)):
+            for calls in range(state.calls, self.cap + 1):
+                goal = _Exit(state.filled | extra, calls)
+                after = replace(state, filled=goal.filled, calls=calls)
+                yield (*head, self.loop_body(bound, replace(state, count=0), depth + 1, goal)), after
 
     # ------------------------------------------------------------ expressions
 
@@ -225,18 +296,16 @@ class _Builder:
         key = f"call{self.bmask(bound)}_s{_mask(state.strings, STRING_NAMES)}f{_mask(state.filled, LIST_NAMES)}"
         return self.rule(key, self._call, bound, state)
 
-    def _call(self, bound: frozenset[str], state: _State) -> list[str]:
+    def _call(self, bound: frozenset[str], state: _State) -> list[Alternative]:
         options = []
         for name in self.operators:
-            if name not in bound:
+            if name not in bound or (self.takes_list(name) and not state.filled):
                 continue
             op = OPERATORS[name]
-            if self.takes_list(name) and not state.filled:
-                continue
             parts = [_lit(f"await self.{op.attribute}(")]
             for i, kw in enumerate(op.keywords):
                 parts += [_lit((", " if i else "") + kw + "="), self.argument(kw, state)]
-            options.append(" ".join([*parts, '")"']))
+            options.append((*parts, _lit(")")))
         return options
 
     def argument(self, keyword: str, state: _State) -> str:
@@ -244,36 +313,41 @@ class _Builder:
             return self.rule(f"lref_f{_mask(state.filled, LIST_NAMES)}", self._names, state.filled, LIST_NAMES)
         return self.rule(f"arg_s{_mask(state.strings, STRING_NAMES)}", self._string_arg, state)
 
-    def _string_arg(self, state: _State) -> list[str]:
-        options = ["str"]
+    def _string_arg(self, state: _State) -> list[Alternative]:
+        options: list[Alternative] = [("str",)]
         if state.strings:
             ref = self.string_ref(state)
-            options += [ref, f"str \" + \" {ref}"]
+            options += [(ref,), ("str", _lit(" + "), ref)]
         return options
-
-    def append_arg(self, bound: frozenset[str], state: _State) -> str:
-        options = self.call(bound, state)
-        return f"({options} | {self.string_ref(state)})" if state.strings else options
 
     def string_ref(self, state: _State) -> str:
         return self.rule(f"sref_s{_mask(state.strings, STRING_NAMES)}", self._names, state.strings, STRING_NAMES)
 
     @staticmethod
-    def _names(names: frozenset[str], order: Sequence[str]) -> list[str]:
-        return [_lit(name) for name in order if name in names]
+    def _names(names: frozenset[str], order: Sequence[str]) -> list[Alternative]:
+        return [(_lit(name),) for name in order if name in names]
 
 
-def workflow_grammar(operators: Sequence[str], *, include_open_tag: bool = True) -> str:
-    """EBNF (root rule ``root``) of ``[<graph>\\n] <workflow> </graph>`` for these operators."""
+def workflow_grammar(operators: Sequence[str], *, include_open_tag: bool = True, min_calls: int = 1,
+                     max_statements: int = MAX_STATEMENTS) -> str:
+    """EBNF (root rule ``root``) of ``[<graph>\\n] <workflow> </graph>`` for these operators.
+
+    ``min_calls`` > 1 makes ``return`` wait until run_workflow has made that many operator
+    calls (calls in loops count once): a one-call workflow is (nearly) the template, which
+    SPEC section 4 rejects for math and QA, and small models otherwise copy the template.
+    ``max_statements`` bounds run_workflow's top-level statements (loop bodies hold at most
+    ``LOOP_BODY_STATEMENTS``), so a sampled workflow is finite: small models otherwise
+    repeat one statement until ``max_new_tokens`` runs out.
+    """
     unknown = [name for name in operators if name not in OPERATORS]
     if unknown:
         raise ValueError(f"unknown operators: {unknown}")
-    if all(_Builder.takes_list(name) for name in operators):
-        raise ValueError("the operators cannot produce a string (ScEnsemble needs a generator)")
-    builder = _Builder(operators)
+    if len(LOOP_BODY_STATEMENTS) < MAX_LOOP_DEPTH:
+        raise ValueError("LOOP_BODY_STATEMENTS needs a limit for every loop depth")
+    builder = _Builder(operators, min_calls, max_statements)
     builder.rule("root", builder.workflow, include_open_tag)
-    builder.rules["str"] = f'"\\"" word (" " word){{0,{MAX_STRING_WORDS - 1}}} "\\""'
-    builder.rules["word"] = f"{WORD_CHAR}{{1,{MAX_WORD_CHARS}}}"
+    builder.rules["str"] = [(_lit('"'), "word", f"({_lit(' ')} word){{0,{MAX_STRING_WORDS - 1}}}", _lit('"'))]
+    builder.rules["word"] = [(f"{WORD_CHAR}{{1,{MAX_WORD_CHARS}}}",)]
     return builder.text()
 
 
@@ -345,7 +419,6 @@ def _define_processor_class() -> type:
             self.matchers: list[xgrammar.GrammarMatcher] = []
             self.live: list[bool] = []
             self.bitmask: torch.Tensor | None = None
-            self.prompt_len = 0
 
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
             if not self.matchers:
@@ -353,7 +426,6 @@ def _define_processor_class() -> type:
                 self.matchers = [xgr.GrammarMatcher(self.compiled) for _ in range(rows)]
                 self.live = [True] * rows
                 self.bitmask = xgr.allocate_token_bitmask(rows, self.vocab_size)
-                self.prompt_len = input_ids.shape[1]
             elif input_ids.shape[0] != len(self.matchers):
                 raise RuntimeError("a GrammarLogitsProcessor serves one generate call with a fixed batch")
             else:
@@ -366,11 +438,12 @@ def _define_processor_class() -> type:
             return self._apply(scores)
 
         def _advance(self, tokens: list[int]) -> None:
+            """Feed each live row its last token; a refused token (padding after a stop string)
+            or a terminated grammar (EOS accepted) ends the row's constraint."""
             for row, token in enumerate(tokens):
-                if self.live[row] and not self.matchers[row].accept_token(token):
-                    self.live[row] = False  # finished (stop string, padding) or terminated
-                elif self.live[row] and self.matchers[row].is_terminated():
-                    self.live[row] = False
+                if self.live[row]:
+                    matcher = self.matchers[row]
+                    self.live[row] = matcher.accept_token(token) and not matcher.is_terminated()
 
         def _apply(self, scores: torch.FloatTensor) -> torch.FloatTensor:
             assert self.bitmask is not None

@@ -20,7 +20,9 @@ prompt text):
 * Seeds: a request's ``seed`` if given, else ``generation.seed + r`` where ``r``
   counts this sampler's earlier ``sample`` calls, so a resampling round does not
   repeat the previous round's draws while a rerun of the same sequence of calls
-  reproduces them.
+  reproduces them. vLLM seeds every request; transformers seeds each generate call
+  (``torch.manual_seed``) from its first request's seed and the call's index, so its
+  draws also depend on ``batch_size``.
 
 vLLM is imported only inside ``VLLMSampler`` (it is GPU-only); the request
 construction lives in pure functions that are tested without it.
@@ -31,9 +33,10 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from scoreflow.config import GenerationConfig, GeneratorConfig
 
@@ -108,6 +111,7 @@ class Sampler(ABC):
     def _sample(self, requests: list[SampleRequest], default_seed: int) -> list[list[Sample]]:
         """Backend work; ``default_seed`` applies to requests without their own seed."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release the model (and GPU memory)."""
 
@@ -139,7 +143,7 @@ class TransformersSampler(Sampler):
         returns); ``grammar`` is EBNF text or an already compiled ``GrammarDecoding``."""
         super().__init__()
         import torch
-        from transformers import StopStringCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteriaList, StopStringCriteria
 
         from scoreflow.grammar import GrammarDecoding
 

@@ -16,6 +16,8 @@ xgr = pytest.importorskip("xgrammar", reason="grammar-constrained decoding needs
 from benchmarks import get_benchmark  # noqa: E402
 from scoreflow.config import DATASETS  # noqa: E402
 from scoreflow.grammar import (  # noqa: E402
+    LOOP_BODY_STATEMENTS,
+    MAX_STATEMENTS,
     MAX_STRING_WORDS,
     MAX_WORD_CHARS,
     STRING_CHAR,
@@ -118,6 +120,28 @@ def test_language_example_is_accepted_without_open_tag(tokenizer) -> None:
     check_workflow(DOC_EXAMPLE, ops)
 
 
+@pytest.mark.slow
+def test_min_calls_refuses_the_template(tokenizer) -> None:
+    bench = get_benchmark("GSM8K")
+    dec = decoding(tokenizer, bench.operators, min_calls=2)
+    assert not accepts(dec, tokenizer, "<graph>\n" + bench.template_workflow + "</graph>")
+    assert accepts(dec, tokenizer, "<graph>\n" + DOC_EXAMPLE + "</graph>")  # a call in a loop, then one more
+
+
+ACCEPTED_LIMITS = (*["solution = await self.custom(instruction=\"x\")"] * MAX_STATEMENTS, "return solution")
+
+
+@pytest.mark.slow
+def test_statement_limits_are_exact(tokenizer) -> None:
+    head = DOC_EXAMPLE.split("    async def")[0] + "    async def run_workflow(self):\n"
+    loop = ("answer = await self.custom(instruction=\"x\")", "for _ in range(2):",
+            *["    solution = await self.custom(instruction=\"x\")"] * LOOP_BODY_STATEMENTS[0])
+    dec = decoding(tokenizer, get_benchmark("GSM8K").operators)
+    for lines in (ACCEPTED_LIMITS, (*loop, "return answer")):  # loop-local names end with the loop
+        assert accepts(dec, tokenizer, "<graph>\n" + head + "".join(f"        {x}\n" for x in lines) + "</graph>")
+
+
+CALL = 'solution = await self.custom(instruction="x")'
 REJECTED = {
     "name used before assignment": ("solution = await self.custom(instruction=\"x\")", "return final"),
     "unbound operator": ("solution = await self.review(pre_solution=\"x\")", "return solution"),
@@ -125,9 +149,11 @@ REJECTED = {
     "closing tag inside a literal": ("solution = await self.custom(instruction=\"a </graph> b\")", "return solution"),
     "banned substring in a literal": ("solution = await self.custom(instruction=\"use int( x\")", "return solution"),
     "range too long": ("for _ in range(4):", "    solution = await self.custom(instruction=\"x\")"),
-    "word too long": (f"solution = await self.custom(instruction=\"{'a' * (MAX_WORD_CHARS + 1)}\")", "return solution"),
-    "too many words": (f"solution = await self.custom(instruction=\"{' '.join(['a'] * (MAX_STRING_WORDS + 1))}\")",
-                       "return solution"),
+    "word too long": (CALL.replace("x", "a" * (MAX_WORD_CHARS + 1)), "return solution"),
+    "too many statements": (*[CALL] * (MAX_STATEMENTS + 1), "return solution"),
+    "loop body too long": ("for _ in range(2):", *["    " + CALL] * (LOOP_BODY_STATEMENTS[0] + 1), CALL,
+                           "return solution"),
+    "too many words": (CALL.replace("x", " ".join(["a"] * (MAX_STRING_WORDS + 1))), "return solution"),
 }
 
 
@@ -138,6 +164,24 @@ def test_grammar_refuses_what_the_checker_or_pipeline_would(tokenizer, case: str
     head = DOC_EXAMPLE.split("    async def")[0] + "    async def run_workflow(self):\n"
     body = "".join(f"        {line}\n" for line in REJECTED[case])
     assert not accepts(decoding(tokenizer, ops), tokenizer, "<graph>\n" + head + body + "</graph>")
+
+
+@pytest.mark.slow
+def test_logits_processor_keeps_one_matcher_per_row(tokenizer) -> None:
+    import torch
+
+    dec = decoding(tokenizer, get_benchmark("GSM8K").operators)
+    processor = dec.logits_processor()
+    vocab = tokenizer.vocab_size_full
+    prompt = torch.zeros((2, 3), dtype=torch.long)
+    first = processor(prompt, torch.zeros(2, vocab))
+    opening = tokenizer.encode("<graph>", add_special_tokens=False)[0]
+    word = tokenizer.encode("hello", add_special_tokens=False)[0]
+    assert first[0, opening] == 0 and first[0, word] == float("-inf") and torch.equal(first[0], first[1])
+    step = torch.cat([prompt, torch.tensor([[opening], [word]])], dim=1)  # row 1: a token the grammar refuses
+    second = processor(step, torch.zeros(2, vocab))
+    assert torch.isinf(second[0]).sum() > vocab // 2  # row 0 still constrained
+    assert not torch.isinf(second[1]).any()  # row 1 (finished, padded) is left alone
 
 
 class Walker:
@@ -187,10 +231,15 @@ FEATURES = {
 }
 
 
+WALK_CASES = [(ops, 1) for ops in OPERATOR_SETS] + [(get_benchmark("MATH").operators, 2)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("operators", OPERATOR_SETS, ids=lambda ops: "+".join(ops))
-def test_random_walks_pass_check_workflow(tokenizer, operators: tuple[str, ...]) -> None:
-    walker = Walker(decoding(tokenizer, operators), tokenizer, seed=len(operators) + sum(map(len, operators)))
+@pytest.mark.parametrize(("operators", "min_calls"), WALK_CASES,
+                         ids=lambda v: "+".join(v) if isinstance(v, tuple) else f"min{v}")
+def test_random_walks_pass_check_workflow(tokenizer, operators: tuple[str, ...], min_calls: int) -> None:
+    dec = decoding(tokenizer, operators, min_calls=min_calls)
+    walker = Walker(dec, tokenizer, seed=len(operators) + sum(map(len, operators)) + min_calls)
     seen: collections.Counter[str] = collections.Counter()
     finished = 0
     for _ in range(WALKS_PER_SET):
@@ -204,7 +253,9 @@ def test_random_walks_pass_check_workflow(tokenizer, operators: tuple[str, ...])
             check_workflow(source, operators)
         except WorkflowRejected as exc:
             pytest.fail(f"the grammar accepted a workflow the checker rejects ({exc.reason}):\n{source}")
+        assert source.count("await self.") >= min_calls
         seen.update(name for name, marker in FEATURES.items() if marker in source)
-    print(f"{'+'.join(operators)}: {finished}/{WALKS_PER_SET} walks finished; features {dict(seen)}")
+    name = "+".join(operators)
+    print(f"{name} min_calls={min_calls}: {finished}/{WALKS_PER_SET} walks finished; features {dict(seen)}")
     assert finished >= 0.9 * WALKS_PER_SET
     assert {"loop", "ensemble", "append", "concatenation"} <= set(seen)  # the walks reach the grammar's corners

@@ -142,9 +142,18 @@ def valid_count(samples: list[list[Sample]]) -> int:
 
 @pytest.fixture(scope="module")
 def base():
+    """The tiny model, loaded once. One intra-op thread: on a 2-core machine shared with other
+    test processes, two spinning torch threads make decoding up to ~10x slower."""
+    import torch
+
     from scoreflow.models import load_causal_lm
 
-    return load_causal_lm(TINY, CACHE_DIR, dtype="float32", device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield load_causal_lm(TINY, CACHE_DIR, dtype="float32", device="cpu")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def cpu_sampler(base, grammar: bool, **generation) -> TransformersSampler:
@@ -163,7 +172,7 @@ def test_transformers_sampler_with_grammar_gives_valid_workflows(base) -> None:
     requests = [SampleRequest(sampler.format_prompt(messages(p)), n=2) for p in PROBLEMS]
     samples = sampler.sample(requests)
     assert [len(group) for group in samples] == [2, 2]
-    for request, group in zip(requests, samples):
+    for request, group in zip(requests, samples, strict=True):
         prompt_tokens = len(sampler.tokenizer(request.prompt, add_special_tokens=False)["input_ids"])
         for sample in group:
             assert sample.text.startswith("<graph>\n") and "</graph>" not in sample.text
@@ -174,16 +183,16 @@ def test_transformers_sampler_with_grammar_gives_valid_workflows(base) -> None:
 
 @pytest.mark.slow
 def test_transformers_sampler_without_grammar_runs(base) -> None:
-    sampler = cpu_sampler(base, grammar=False, max_new_tokens=120)
+    sampler = cpu_sampler(base, grammar=False, max_new_tokens=80)
     samples = sampler.sample([SampleRequest(sampler.format_prompt(messages(p)), n=2) for p in PROBLEMS])
     assert [len(group) for group in samples] == [2, 2]
-    assert all(s.text and 0 < s.completion_tokens <= 120 for group in samples for s in group)
+    assert all(s.text and 0 < s.completion_tokens <= 80 for group in samples for s in group)
     print(f"no grammar: valid {valid_count(samples)}/4, {sampler.stats.tokens_per_second:.1f} tok/s")
 
 
 @pytest.mark.slow
 def test_seeds_reproduce_and_vary(base) -> None:
-    sampler = cpu_sampler(base, grammar=False, max_new_tokens=12, temperature=1.0, top_p=1.0)
+    sampler = cpu_sampler(base, grammar=False, max_new_tokens=8, temperature=1.0, top_p=1.0)
     prompt = sampler.format_prompt([{"role": "user", "content": "Name a colour."}])
     first = sampler.sample([SampleRequest(prompt, n=3, seed=5)])
     again = sampler.sample([SampleRequest(prompt, n=3, seed=5)])
