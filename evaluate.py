@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from scoreflow.cli import config_from_args, make_stage_parser, run
+from scoreflow.cli import config_from_args, make_stage_parser, run, skip_finished
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_stage_parser(__doc__.splitlines()[0]).parse_args(argv)
     config = config_from_args(args)
+    stage = "evaluate" if args.task == "optimize" else "inference_evaluate"
+    if skip_finished(args, config, stage, args.epoch):
+        return 0
 
     from scoreflow.evaluation import EvaluateStage, summary_line
 

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from scoreflow.cli import config_from_args, make_parser, run
+from scoreflow.cli import add_rerun_options, config_from_args, make_parser, run, skip_finished
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--epoch", type=int, required=True, help="train on its pairs; writes epoch+1's adapter")
-    parser.add_argument("--force", action="store_true", help="retrain a finished adapter (it is replaced)")
+    add_rerun_options(parser)
     args = parser.parse_args(argv)
     config = config_from_args(args)
+    if skip_finished(args, config, "optimize", args.epoch + 1):  # the adapter lives in epoch+1
+        return 0
 
     from scoreflow.training import OptimizeStage, summary_line
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -112,6 +113,22 @@ class Benchmark(ABC):
                 raise ScoreFlowError(f"{path}:{number}: record lacks field {missing[0]!r}")
             problems.append(self.to_problem(record, public))
         return problems
+
+    def select(
+        self, split: Split, data_dir: str | Path, problem_ids: Sequence[str] = (), max_problems: int | None = None
+    ) -> list[Problem]:
+        """The problems a run works on: those of ``problem_ids`` found in the split (split
+        order; all when empty), then the first ``max_problems``. Generate and evaluate both
+        call this, so a smoke run's solve rate is over the problems it was given."""
+        problems = self.load(split, data_dir)
+        if problem_ids:
+            wanted = set(problem_ids)
+            problems = [p for p in problems if p.id in wanted]
+            if not problems:
+                raise ScoreFlowError(
+                    f"generation.problem_ids: none of {sorted(wanted)[:3]} is in the {self.name} {split} split"
+                )
+        return problems[:max_problems]
 
     @abstractmethod
     def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:

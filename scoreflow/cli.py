@@ -19,7 +19,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-
 def make_parser(description: str, *, dataset: bool = True) -> argparse.ArgumentParser:
     """A parser with the options every ScoreFlow command takes."""
     parser = _Parser(description=description)
@@ -42,8 +41,32 @@ def make_stage_parser(description: str) -> argparse.ArgumentParser:
     parser = make_parser(description)
     parser.add_argument("--task", choices=("optimize", "inference"), default="optimize")
     parser.add_argument("--epoch", type=int, required=True)
-    parser.add_argument("--force", action="store_true", help="redo a finished stage (its records are replaced)")
+    add_rerun_options(parser)
     return parser
+
+
+def add_rerun_options(parser: argparse.ArgumentParser) -> None:
+    """``--force`` redoes a finished stage; ``--skip-finished`` lets a shell loop pass over it."""
+    rerun = parser.add_mutually_exclusive_group()
+    rerun.add_argument("--force", action="store_true", help="redo a finished stage (its outputs are replaced)")
+    rerun.add_argument(
+        "--skip-finished",
+        action="store_true",
+        help="exit 0 at once if the stage already finished with this config (for shell loops)",
+    )
+
+
+def skip_finished(args: argparse.Namespace, config: Config, stage: str, epoch: int) -> bool:
+    """True (and a line on stdout) when ``--skip-finished`` applies to a finished stage."""
+    from scoreflow.workspace import Workspace
+
+    if not args.skip_finished:
+        return False
+    workspace = Workspace.from_config(config, args.dataset, epoch)
+    if not workspace.finished_with(stage, config):
+        return False
+    print(f"{args.dataset} epoch {epoch}: {stage} already finished ({workspace.manifest_path(stage)}); skipped")
+    return True
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

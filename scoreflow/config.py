@@ -62,8 +62,10 @@ class GenerationConfig:
     max_new_tokens: int = _num(1000, 1)
     stop: tuple[str, ...] = ("</graph>",)
     grammar: bool = False  # grammar-constrained decoding (the paper samples freely)
+    grammar_min_calls: int | None = _num(None, 1, 8)  # calls before return; None: 2 where the template check applies, else 1
     max_resample_rounds: int = _num(20, 0)  # the original retries up to 500 rounds
     seed: int = _num(0, 0)
+    problem_ids: tuple[str, ...] = ()  # only these problems of each split (smoke runs); empty: all
     max_problems: int | None = _num(None, 1)  # only the first N problems of a split (smoke runs)
     chunk_problems: int = _num(16, 1)  # problems sampled together; also the resume granularity
 
@@ -147,6 +149,7 @@ class TrainingConfig:
     num_epochs: float = _num(1.0, 0.0)
     max_length: int | None = _num(None, 1)  # None: no truncation (the paper's setting)
     precompute_ref_log_probs: bool = False
+    gradient_checkpointing: bool = True  # TRL's default: memory for time (an 8B model on one GPU)
     bf16: bool | None = None  # None: bf16 on GPU, fp32 on CPU
     merge_adapter: bool = False  # also write a merged full model copy
     seed: int = _num(0, 0)

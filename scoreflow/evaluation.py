@@ -70,7 +70,9 @@ class EvaluateStage:
     def run(self, *, force: bool = False) -> dict[str, Any]:
         self.workspace.require(self.needs)
         workflows = read_jsonl(self.workspace.path(self.workflows_file))
-        problems = {p.id: p for p in self.benchmark.load(self.split, self.config.data_dir)}  # type: ignore[arg-type]
+        gen = self.config.generation
+        selected = self.benchmark.select(self.split, self.config.data_dir, gen.problem_ids, gen.max_problems)  # type: ignore[arg-type]
+        problems = {p.id: p for p in selected}
         missing = sorted({w["problem_id"] for w in workflows} - set(problems))
         if missing:
             raise_missing(self.workspace.path(self.workflows_file), missing[0], self.split)
@@ -161,7 +163,8 @@ class EvaluateStage:
         self, stage: Any, workflows: list[dict[str, Any]], records: list[dict[str, Any]], problems: dict[str, Problem]
     ) -> dict[str, Any]:
         if self.task == "inference":
-            return solve_rates(records, problems)
+            gen = self.config.generation
+            return {**solve_rates(records, problems), "subset": bool(gen.problem_ids or gen.max_problems)}
         bench = self.benchmark
         means = mean_scores(_runs_by_workflow(records))
         scored = [
@@ -232,7 +235,10 @@ def solve_rates(records: list[dict[str, Any]], problems: dict[str, Problem]) -> 
 
 
 def raise_missing(path: Any, problem_id: str, split: str) -> None:
-    raise ScoreFlowError(f"{path}: problem {problem_id!r} is not in the prepared {split} split")
+    raise ScoreFlowError(
+        f"{path}: problem {problem_id!r} is not among the selected problems of the prepared {split} split "
+        "(generation.problem_ids / generation.max_problems must match the generate stage's)"
+    )
 
 
 def summary_line(manifest: dict[str, Any]) -> str:

@@ -118,8 +118,8 @@ class GenerateStage:
         self.sampling_s = 0.0
 
     def problems(self) -> list[Problem]:
-        problems = self.benchmark.load(TASK_SPLITS[self.task], self.config.data_dir)  # type: ignore[arg-type]
-        return problems[: self.config.generation.max_problems]
+        gen = self.config.generation
+        return self.benchmark.select(TASK_SPLITS[self.task], self.config.data_dir, gen.problem_ids, gen.max_problems)  # type: ignore[arg-type]
 
     def adapter(self) -> Any:
         """Epoch i > 0 samples from the base model plus the adapter trained in epoch i-1."""
@@ -153,7 +153,7 @@ class GenerateStage:
         gen = self.config.generation
         # Where the template check applies, the grammar asks for more than the template's
         # single call: a small model otherwise copies the template and every sample is rejected.
-        min_calls = 2 if self.benchmark.similarity_threshold < 1 else 1
+        min_calls = gen.grammar_min_calls or (2 if self.benchmark.similarity_threshold < 1 else 1)
         grammar = workflow_grammar(self.benchmark.operators, min_calls=min_calls) if gen.grammar else None
         sandbox = make_operator_sandbox(self.benchmark, self.config.sandbox)
         sampler = make_sampler(self.config.generator, gen, cache_dir=self.config.cache_dir, adapter=adapter, grammar=grammar)

@@ -332,6 +332,7 @@ def _common_args(training: TrainingConfig, output_dir: str) -> dict[str, Any]:
         "max_length": training.max_length,
         "bf16": use_bf16(training),
         "seed": training.seed,
+        "gradient_checkpointing": training.gradient_checkpointing,
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",

@@ -119,6 +119,22 @@ class Workspace:
         manifest = self.manifest(stage)
         return manifest is not None and manifest.get("status") == "complete"
 
+    def finished_with(self, stage: str, config: Config) -> bool:
+        """Whether the stage is complete with this config (what a shell loop may skip).
+
+        A stage finished under a different config is an error rather than a skip: a
+        re-run loop must not silently mix settings across epochs."""
+        manifest = self.manifest(stage)
+        if manifest is None or manifest.get("status") != "complete":
+            return False
+        changed = _meaningful_changes(manifest.get("config", {}), to_dict(config))
+        if changed:
+            raise ScoreFlowError(
+                f"{self.manifest_path(stage)}: the {stage} stage finished with a different config "
+                f"({', '.join(changed[:3])} changed); pass --force to redo it"
+            )
+        return True
+
     def require(self, stage: str) -> dict[str, Any]:
         """The manifest of a finished stage, or an error saying how to produce it."""
         manifest = self.manifest(stage)
@@ -243,12 +259,25 @@ def _new_manifest(spec: StageSpec, workspace: Workspace, snapshot: dict[str, Any
 
 
 def _check_resumable(old: dict[str, Any], new: dict[str, Any], manifest: Path) -> None:
-    changed = [k for k in _diff(old, new, "") if not k.startswith(RESUMABLE_CHANGES)]
+    changed = _meaningful_changes(old, new)
     if changed:
         raise ScoreFlowError(
             f"{manifest}: the unfinished stage was started with a different config "
             f"({', '.join(changed[:3])} changed); pass --force to start it over"
         )
+
+
+def _meaningful_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Config keys that differ, except speed knobs. A key a newer code version added is
+    read at its default in an older snapshot, so upgrading does not orphan a workspace."""
+    return [k for k in _diff(_with_defaults(old, to_dict(Config())), new, "") if not k.startswith(RESUMABLE_CHANGES)]
+
+
+def _with_defaults(snapshot: Any, defaults: Any) -> Any:
+    if not (isinstance(snapshot, dict) and isinstance(defaults, dict)):
+        return snapshot
+    merged = {k: _with_defaults(snapshot[k], defaults[k]) if k in defaults else snapshot[k] for k in snapshot}
+    return {**{k: v for k, v in defaults.items() if k not in snapshot}, **merged}
 
 
 def _diff(old: Any, new: Any, prefix: str) -> list[str]:

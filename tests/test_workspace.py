@@ -134,3 +134,48 @@ def test_killed_writer_leaves_old_or_new_file(tmp_path):
     assert len(read_json(target)["pad"]) == 100_000
     leftovers = [p for p in tmp_path.iterdir() if p.name != "m.json"]
     assert all(p.name.endswith(".tmp") for p in leftovers)
+
+
+def test_finished_with_skips_only_the_same_config(tmp_path):
+    ws = Workspace(tmp_path, "HumanEval", 0)
+    config = Config()
+    assert not ws.finished_with("generate", config)  # missing
+    run = ws.start("generate", config)
+    assert not ws.finished_with("generate", config)  # running: resume, not skip
+    run.finish()
+    assert ws.finished_with("generate", config)
+    speedier = load_config(None, ["executor.concurrency=8"])  # a speed knob is not a change
+    assert ws.finished_with("generate", speedier)
+    with pytest.raises(ScoreFlowError, match=r"finished with a different config \(generation.k changed\).*--force"):
+        ws.finished_with("generate", load_config(None, ["generation.k=2"]))
+
+
+def test_skip_finished_flag_on_the_scripts(tmp_path):
+    config = load_config(None, [f"workspace={tmp_path}"])
+    ws = Workspace(tmp_path, "HumanEval", 0)
+    ws.start("generate", config).finish()
+    Workspace(tmp_path, "HumanEval", 1).start("optimize", config).finish()
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, *args, "--dataset", "HumanEval", "--set", f"workspace={tmp_path}"]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    skipped = script("generate.py", "--epoch", "0", "--skip-finished")
+    assert skipped.returncode == 0 and "generate already finished" in skipped.stdout and "skipped" in skipped.stdout
+    trained = script("optimize.py", "--epoch", "0", "--skip-finished")  # its manifest lives in epoch 1
+    assert trained.returncode == 0 and "optimize already finished" in trained.stdout
+    changed = script("generate.py", "--epoch", "0", "--skip-finished", "--set", "generation.k=3")
+    assert changed.returncode == 2 and "different config (generation.k changed)" in changed.stderr
+    both = script("generate.py", "--epoch", "0", "--skip-finished", "--force")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_a_key_added_by_a_newer_version_reads_as_its_default(tmp_path):
+    ws = Workspace(tmp_path, "HumanEval", 0)
+    ws.start("generate", Config()).finish()
+    manifest = ws.manifest("generate")
+    del manifest["config"]["training"]["gradient_checkpointing"]  # as written before the key existed
+    atomic_write_json(ws.manifest_path("generate"), manifest)
+    assert ws.finished_with("generate", Config())
+    with pytest.raises(ScoreFlowError, match="training.gradient_checkpointing changed"):
+        ws.finished_with("generate", load_config(None, ["training.gradient_checkpointing=false"]))
