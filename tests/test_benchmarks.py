@@ -233,3 +233,13 @@ def test_unknown_dataset_and_unprepared_split(tmp_path):
         get_benchmark("Foo")
     with pytest.raises(ScoreFlowError, match="not prepared; run: python -m data.prepare --dataset GSM8K"):
         get_benchmark("GSM8K").load("validate", tmp_path)
+
+
+def test_problem_selection_by_id_and_count(data_dir):
+    bench = get_benchmark("HumanEval")
+    picked = bench.select("validate", data_dir, ("HumanEval/30", "HumanEval/55", "HumanEval/2"))
+    assert [p.id for p in picked] == ["HumanEval/55", "HumanEval/30"]  # split order; /2 is a test problem
+    assert [p.id for p in bench.select("test", data_dir, ("HumanEval/30", "HumanEval/2"))] == ["HumanEval/2"]
+    assert len(bench.select("test", data_dir, (), 3)) == 3 and len(bench.select("test", data_dir)) == 131
+    with pytest.raises(ScoreFlowError, match=r"generation.problem_ids: none of \['HumanEval/2'\] is in the HumanEval validate split"):
+        bench.select("validate", data_dir, ("HumanEval/2",))
