@@ -15,11 +15,12 @@
 # interrupted stage continues from its records.
 #
 # Environment: PYTHON (default python3); LAUNCH, the optimize launcher (default
-# "accelerate launch --num_processes=1"; e.g. LAUNCH=python3 without accelerate).
+# "accelerate launch --num_processes=1 --num_cpu_threads_per_process=$OMP_NUM_THREADS or
+# nproc"; e.g. LAUNCH="accelerate launch --num_processes=8" on 8 GPUs, LAUNCH=python3).
 set -euo pipefail
 
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     [[ $# -lt 1 ]] && exit 2 || exit 0
 fi
 
@@ -40,7 +41,8 @@ fi
 config=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")  # the loop runs from the repository root
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
-read -r -a launch <<< "${LAUNCH:-accelerate launch --num_processes=1}"
+# accelerate runs a CPU process on 1 thread unless told otherwise (OMP_NUM_THREADS decides).
+read -r -a launch <<< "${LAUNCH:-accelerate launch --num_processes=1 --num_cpu_threads_per_process=${OMP_NUM_THREADS:-$(nproc)}}"
 common=(--config "$config" --dataset "$dataset")
 for item in "$@"; do
     if [[ $item != *=* ]]; then
