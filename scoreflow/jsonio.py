@@ -17,6 +17,13 @@ from typing import Any
 
 from scoreflow.errors import ScoreFlowError
 
+# mkstemp creates files readable by their owner only; artifacts get the mode an
+# ordinary open() would give them, so a group sharing a workspace can read them.
+# The umask is read once, at import, while no other thread can race the swap.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Replace ``path`` with ``text`` in one rename."""
@@ -24,6 +31,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()

@@ -109,6 +109,17 @@ def test_rewrite_is_atomic_and_sorted(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s.jsonl"]
 
 
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path):
+    """A group sharing a workspace can read its artifacts (mkstemp alone makes them 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    target = tmp_path / "m.json"
+    atomic_write_json(target, {"n": 1})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_killed_writer_leaves_old_or_new_file(tmp_path):
     """SIGKILL in the middle of many atomic rewrites never leaves a partial JSON file."""
     target = tmp_path / "m.json"
