@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 from scoreflow.config import DATASETS
 from scoreflow.errors import ScoreFlowError
-from scoreflow.jsonio import atomic_write_text, read_json, read_jsonl
+from scoreflow.jsonio import atomic_write_bytes, atomic_write_text, read_json, read_jsonl
 
 # SPEC section 8 (executor GPT-4o-mini, generator Llama-3.1-8B-Instruct), in the paper's column order.
 PAPER_COLUMNS: tuple[str, ...] = ("HotpotQA", "DROP", "HumanEval", "MBPP", "GSM8K", "MATH")
@@ -285,7 +284,7 @@ def _cost_table(results: list[EpochResult]) -> list[str]:
 
 
 def write_plots(results: list[EpochResult], out: Path) -> list[Path]:
-    """Three PNGs; each written to a temporary name first, then renamed."""
+    """Three PNGs, each written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,7 +301,7 @@ def write_plots(results: list[EpochResult], out: Path) -> list[Path]:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)
-        written.append(_atomic_write_bytes(out / name, buffer.getvalue()))
+        written.append(atomic_write_bytes(out / name, buffer.getvalue()))
     return written
 
 
@@ -325,6 +324,7 @@ def _plot_solve_rates(plt: Any, results: list[EpochResult], datasets: list[str])
             axis.axhline(paper, color=color, linestyle="--", linewidth=1, label=f"{dataset}: paper ScoreFlow ({paper})")
     epochs = sorted({r.epoch for r in results})
     axis.set_xticks(epochs)
+    axis.set_xlim(epochs[0] - 0.25, epochs[-1] + 0.25)  # room for the labels beside the end points
     axis.set_xlabel("epoch (its generator has had that many rounds of training)")
     axis.set_ylabel("solve rate (%)")
     axis.set_ylim(0, 100)
@@ -377,14 +377,6 @@ def _plot_costs(plt: Any, results: list[EpochResult], datasets: list[str]) -> An
     tokens_axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-    return path
 
 
 # ---------------------------------------------------------------- command
