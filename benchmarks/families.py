@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from benchmarks import scoring
 from benchmarks.base import Benchmark, Problem, Score
-from scoreflow.codeutil import sanitize
+from scoreflow.offload import sanitize_async
 
 
 def template(operator_attr: str, operator_class: str, call: str) -> str:
@@ -113,7 +113,7 @@ class CodeBenchmark(Benchmark):
         return "\n\n".join([head, solution, f"candidate = {problem.entry_point}\n_failures = []", checks, report])
 
     async def score(self, problem: Problem, output: str) -> Score:
-        solution = sanitize(output, problem.entry_point)
+        solution = await sanitize_async(output, problem.entry_point)
         result = await self.sandbox.run(
             self.check_program(problem, solution), time_limit_s=self.settings.check_time_limit_s
         )

@@ -15,6 +15,7 @@ import math
 import os
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -88,7 +89,8 @@ class ExecutorConfig:
     api_key_env: str = "OPENAI_API_KEY"  # the variable's *name*; the key stays in the environment
     temperature: float = _num(0.0, 0.0, 2.0)
     max_tokens: int | None = _num(None, 1)
-    concurrency: int = _num(50, 1)
+    max_request_chars: int | None = _num(200_000, 1000)  # longer requests are cut in the middle (recorded)
+    concurrency: int = _num(50, 1)  # requests out at once; a local server: its number of slots
     request_timeout_s: float = _num(120.0, 0.1)
     max_retries: int = _num(6, 0)
     backoff_initial_s: float = _num(1.0, 0.0)
@@ -118,6 +120,20 @@ class EvaluationConfig:
 
     vali_num: int = _num(3, 1)  # runs per workflow; its score is their mean
     max_run_retries: int = _num(5, 0)  # a raising or timed-out run is retried this often
+    runs_in_flight: int | None = _num(None, 1)  # runs admitted at once; None: from the concurrency (runs_admitted)
+    max_requests_per_attempt: int = _num(50, 1)  # executor requests one attempt of a workflow may send
+    max_requests_per_run: int = _num(100, 1)  # requests of all attempts of one scoring run together
+    max_infra_failures: int = _num(3, 1)  # executor failures in a row (no run finishing between) that stop a stage
+
+
+def runs_admitted(config: Config) -> int:
+    """Runs in flight at once: enough to keep every executor slot busy while some runs
+    do their own work (interpreter, sandbox, scoring), and no more, so that memory does
+    not grow with a stage's size."""
+    explicit = config.evaluation.runs_in_flight
+    if explicit is not None:
+        return explicit
+    return math.ceil(1.25 * config.executor.concurrency) + config.sandbox.workers
 
 
 @dataclass(frozen=True)
@@ -201,6 +217,22 @@ class Config:
         if name not in self.datasets:
             raise ScoreFlowError(f"unknown dataset {name!r} (expected one of: {', '.join(DATASETS)})")
         return self.datasets[name]
+
+
+def canonical_base_url(url: str) -> str:
+    """One spelling per endpoint: lower-case scheme and host, loopback names as 127.0.0.1,
+    default ports and trailing slashes dropped (``http://LOCALHOST:80/v1/`` = ``http://127.0.0.1/v1``)."""
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if host in ("localhost", "::1", "0.0.0.0") or host.startswith("127."):
+        host = "127.0.0.1"
+    port = parts.port
+    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
+        netloc = host
+    else:
+        netloc = f"{host}:{port}"
+    return urllib.parse.urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
 
 
 # ---------------------------------------------------------------- loading

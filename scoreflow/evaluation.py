@@ -4,14 +4,20 @@ Each valid workflow runs ``vali_num`` times on its own problem (SPEC section 1;
 temperature 0, but each run is its own set of executor calls: the run index is
 part of the cache key, so a resumed run reuses exactly its own cached replies). A
 run that raises or overruns its time limit is retried up to ``max_run_retries``
-times and then scores 0 with the reasons recorded. QA and math outputs go through
-the executor's extraction call before the benchmark's scorer; at inference MATH,
-DROP and HotpotQA also get the judge's verdict (both scores are reported).
+times and then scores 0 with the reasons recorded; a run whose request was refused by
+the server, or that hit its request cap, is not retried (it would send the same again).
+QA and math outputs go through the executor's extraction call before the benchmark's
+scorer; at inference MATH, DROP and HotpotQA also get the judge's verdict (both scores
+are reported).
 
-Every run of every problem shares one event loop and the executor's concurrency
-limit. Records are appended as runs finish, so a killed stage resumes with the
-runs still missing; at the end they are rewritten in a canonical order, so the
-final file equals an uninterrupted run's.
+Runs are admitted a bounded number at a time (``scheduling``); each run's time limit
+starts at admission and counts only its own work (``runclock``). A run that failed
+because the executor failed is never scored: it is queued again, and a few such
+failures in a row stop the stage, resumable. Records are appended as runs finish, so a
+killed stage resumes with the runs still missing; at the end they are rewritten in a
+canonical order, so the final file equals an uninterrupted run's. Each record carries
+its executor usage (all attempts, extraction and judge, cached or not), so the stage's
+usage is the same whether it ran in one session or several.
 """
 
 from __future__ import annotations
@@ -26,15 +32,18 @@ from tqdm import tqdm
 
 from benchmarks import get_benchmark
 from benchmarks.base import Problem
-from scoreflow.config import Config
+from scoreflow.config import Config, runs_admitted
 from scoreflow.errors import ScoreFlowError
-from scoreflow.executor.client import ChatClient
+from scoreflow.executor.client import ChatClient, ExecutorUnavailable, RequestRefused, RequestTally, tallied
 from scoreflow.executor.factory import make_client
 from scoreflow.jsonio import atomic_write_jsonl, read_jsonl
 from scoreflow.judging import extract_answer, judge_output
-from scoreflow.operators import OperatorContext, make_operator_sandbox
+from scoreflow.operators import OperatorContext, RequestCapExceeded, make_operator_sandbox
 from scoreflow.preferences import ScoredWorkflow, TemplateFilter, build_preferences, mean_scores
+from scoreflow.runclock import WorkflowTimeout
 from scoreflow.sandbox import Sandbox
+from scoreflow.scheduling import INFRASTRUCTURE, FailureStreak, StageStopped, run_admitted
+from scoreflow.usage import SESSION_SAVE_S, stage_usage, usage_line, warn_if_unpriced
 from scoreflow.workflow import CheckedWorkflow, check_workflow, run_with_limit
 from scoreflow.workspace import Workspace
 
@@ -87,29 +96,45 @@ class EvaluateStage:
             if RunKey(w["problem_id"], w["sample"], run) not in done
         ]
         client = make_client(self.config, cache_path=self.workspace.path("cache.sqlite"))
+        warn_if_unpriced(self.config)
         started = time.perf_counter()
-        asyncio.run(self._score_all(todo, client, log))
+        try:
+            asyncio.run(self._score_all(todo, client, log, stage))
+        except StageStopped as stopped:
+            stage.stop(str(stopped), client.meter.snapshot())
+            raise
+        except BaseException:
+            stage.save_session(client.meter.snapshot())
+            raise
         order = {pid: i for i, pid in enumerate(problems)}
         records = sorted(log.read(), key=lambda r: (order[r["problem_id"]], r["sample"], r["run"]))
         log.rewrite(records)
         extra = self._finish_task(stage, workflows, records, problems)
         counts = {**score_counts(records), **extra, "runs_this_session": len(todo)}
         counts["wall_time_s"] = round(time.perf_counter() - started, 2)
-        return stage.finish(counts=counts, usage={"executor": client.meter.snapshot()})
+        usage = stage_usage(self.config, (r.get("usage") for r in records), stage, client.meter)
+        return stage.finish(counts=counts, usage=usage)
 
     # ------------------------------------------------------------ scoring runs
 
-    async def _score_all(self, todo: list[tuple[RunKey, dict[str, Any], Problem]], client: ChatClient, log: Any) -> None:
+    async def _score_all(self, todo: list[tuple[RunKey, dict[str, Any], Problem]], client: ChatClient, log: Any, stage: Any) -> None:
         sandbox = make_operator_sandbox(self.benchmark, self.config.sandbox)
+        streak = FailureStreak(self.config.evaluation.max_infra_failures, client.meter, f"{self.workspace.dataset} epoch {self.workspace.epoch} {self.stage}")
+        checked: dict[tuple[str, int], CheckedWorkflow] = {}
         try:
             with tqdm(total=len(todo), desc=f"evaluate {self.workspace.dataset}", unit="run") as bar:
 
-                async def one(key: RunKey, workflow: dict[str, Any], problem: Problem) -> None:
-                    record = await self._score_run(key, workflow, problem, client, sandbox)
+                async def one(item: tuple[RunKey, dict[str, Any], Problem]) -> None:
+                    key, workflow, problem = item
+                    ident = (key.problem_id, key.sample)
+                    if ident not in checked:
+                        checked[ident] = check_workflow(workflow["workflow"], self.benchmark.operators)
+                    record = await self._score_run(key, checked[ident], problem, client, sandbox)
                     log.append(record)
                     bar.update(1)
+                    stage.save_session(client.meter.snapshot(), throttle_s=SESSION_SAVE_S)
 
-                await asyncio.gather(*(one(*item) for item in todo))
+                await run_admitted(todo, one, slots=runs_admitted(self.config), streak=streak)
         finally:
             await client.aclose()
             if sandbox is not None:
@@ -117,44 +142,73 @@ class EvaluateStage:
             self.benchmark.close()
 
     async def _score_run(
-        self, key: RunKey, workflow: dict[str, Any], problem: Problem, client: ChatClient, sandbox: Sandbox | None
+        self, key: RunKey, checked: CheckedWorkflow, problem: Problem, client: ChatClient, sandbox: Sandbox | None
     ) -> dict[str, Any]:
-        checked = check_workflow(workflow["workflow"], self.benchmark.operators)
+        """All attempts of one scoring run, then extraction and scoring. Infrastructure
+        failures (ExecutorUnavailable, SandboxUnavailable) propagate: the run stays unscored."""
+        settings = self.config.evaluation
         errors: list[str] = []
         calls: list[dict[str, Any]] = []
-        for attempt in range(self.config.evaluation.max_run_retries + 1):
-            context = OperatorContext(
-                client, self.benchmark, problem, sandbox=sandbox, settings=self.config.operators,
-                cache_salt=f"{key.salt}/{attempt}",
-            )
-            output, error = await self._attempt(checked, context)
-            calls = [deterministic_call(c.as_record()) for c in context.trace]
-            if error is None:
-                return await self._scored(key, problem, output, client, attempt, errors, calls)
-            errors.append(error)
-        return run_record(key, score=0.0, output="", answer="", detail="failed", attempts=len(errors), errors=errors, calls=calls)
+        with tallied() as tally:
+            for attempt in range(settings.max_run_retries + 1):
+                budget = min(settings.max_requests_per_attempt, settings.max_requests_per_run - tally.requests)
+                if budget <= 0:
+                    errors.append(f"request budget: the run's {settings.max_requests_per_run} executor requests are spent")
+                    break
+                context = OperatorContext(
+                    client, self.benchmark, problem, sandbox=sandbox, settings=self.config.operators,
+                    cache_salt=f"{key.salt}/{attempt}", max_requests=budget,
+                )
+                output, error, final = await self._attempt(checked, context, client)
+                calls = [deterministic_call(c.as_record()) for c in context.trace]
+                if error is None:
+                    return await self._scored(key, problem, output, client, attempt, errors, calls, tally)
+                errors.append(error)
+                if final:
+                    break
+        return run_record(key, score=0.0, output="", answer="", detail="failed", attempts=len(errors), errors=errors,
+                          calls=calls, usage=tally.as_record())
 
-    async def _attempt(self, checked: CheckedWorkflow, context: OperatorContext) -> tuple[str, str | None]:
+    async def _attempt(self, checked: CheckedWorkflow, context: OperatorContext, client: ChatClient) -> tuple[str, str | None, bool]:
+        """(output, error, final): ``final`` when another attempt would only repeat this one."""
         limit = self.benchmark.workflow_time_limit_s
         try:
-            return await run_with_limit(checked, context, limit), None
-        except (asyncio.TimeoutError, TimeoutError):
-            return "", f"timeout: no result within {limit:g} s"
+            return await run_with_limit(checked, context, limit), None, False
+        except WorkflowTimeout:
+            return "", f"timeout: no result within {limit:g} s of the workflow's own time", False
+        except INFRASTRUCTURE:
+            raise
+        except RequestRefused as exc:
+            if client.meter.calls == 0:  # nothing was ever answered: the setup is refused, not this run
+                raise ExecutorUnavailable(f"every request so far was refused: {exc}") from None
+            return "", f"refused: {str(exc)[:300]}", True
+        except RequestCapExceeded as exc:
+            return "", f"request cap: {exc}", True
         except Exception as exc:  # a failed run is retried, then scores 0
-            return "", f"{type(exc).__name__}: {str(exc)[:300]}"
+            return "", f"{type(exc).__name__}: {str(exc)[:300]}", False
 
     async def _scored(
-        self, key: RunKey, problem: Problem, output: str, client: ChatClient, attempt: int, errors: list[str], calls: list[dict[str, Any]]
+        self, key: RunKey, problem: Problem, output: str, client: ChatClient, attempt: int, errors: list[str],
+        calls: list[dict[str, Any]], tally: RequestTally,
     ) -> dict[str, Any]:
         salt = f"{key.salt}/{attempt}"
-        answer = await extract_answer(client, self.benchmark, problem, output, cache_salt=salt)
+        try:
+            answer = await extract_answer(client, self.benchmark, problem, output, cache_salt=salt)
+            judged = None
+            if self.task == "inference":
+                judged = await judge_output(client, self.benchmark, problem, answer, cache_salt=salt)
+        except RequestRefused as exc:
+            if client.meter.calls == 0:
+                raise ExecutorUnavailable(f"every request so far was refused: {exc}") from None
+            return run_record(key, score=0.0, output=output, answer="", detail="failed", attempts=attempt + 1,
+                              errors=[*errors, f"refused: {str(exc)[:300]}"], calls=calls, usage=tally.as_record())
         score = await self.benchmark.score(problem, answer)
         record = run_record(
             key, score=score.value, output=output, answer=score.prediction, detail=score.detail,
-            attempts=attempt + 1, errors=errors, calls=calls,
+            attempts=attempt + 1, errors=errors, calls=calls, usage=tally.as_record(),
         )
         if self.task == "inference":
-            record["judge_score"] = await judge_output(client, self.benchmark, problem, answer, cache_salt=salt)
+            record["judge_score"] = judged
         return record
 
     # ------------------------------------------------------------ preferences and solve rates
@@ -252,6 +306,6 @@ def summary_line(manifest: dict[str, Any]) -> str:
         p = c["preferences"]
         parts.append(f"{p['pairs_available']} pairs available, {p['pairs_sampled']} sampled, {p['problems_without_pairs']} problems without a pair, mean gap {p['mean_gap_available']}")
     parts.append(f"failures {c['failures_by_reason'] or 'none'}")
-    parts.append(f"executor {usage['calls']} calls ({usage['cache_hits']} cached), {usage['total_tokens']} tokens, ${usage['cost_usd']:.4f}")
+    parts.append(usage_line(usage))
     parts.append(f"{c['wall_time_s']} s")
     return "; ".join(parts)

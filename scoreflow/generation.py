@@ -24,14 +24,17 @@ from tqdm import tqdm
 
 from benchmarks import get_benchmark
 from benchmarks.base import Benchmark, Problem
-from scoreflow.config import Config
-from scoreflow.executor.client import ChatClient
+from scoreflow.config import Config, runs_admitted
+from scoreflow.executor.client import ChatClient, ExecutorUnavailable, RequestRefused, tallied
 from scoreflow.executor.factory import make_client
 from scoreflow.grammar import workflow_grammar
 from scoreflow.operators import OperatorContext, make_operator_sandbox
 from scoreflow.prompts import generator_prompt
 from scoreflow.sampling import SampleRequest, Sampler, make_sampler
+from scoreflow.runclock import WorkflowTimeout
 from scoreflow.sandbox import Sandbox
+from scoreflow.scheduling import INFRASTRUCTURE, FailureStreak, StageStopped, gather_all
+from scoreflow.usage import stage_usage, usage_line, warn_if_unpriced
 from scoreflow.workflow import WorkflowRejected, body_similarity, check_workflow, extract_graph, run_with_limit
 from scoreflow.workspace import StageRun, Workspace
 
@@ -45,6 +48,7 @@ class Verdict:
 
     workflow: str | None
     reason: str = ""  # "" when valid; else "<category>: <detail>"
+    trial_usage: dict[str, int] | None = None  # executor requests of its trial run
 
     @property
     def valid(self) -> bool:
@@ -62,6 +66,7 @@ class Slot:
     rounds: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    trial_usage: dict[str, int] = field(default_factory=dict)
 
 
 class WorkflowValidator:
@@ -73,6 +78,7 @@ class WorkflowValidator:
         self.sandbox = sandbox
         self.config = config
         self.template_body = check_workflow(benchmark.template_workflow, benchmark.operators).body_source
+        self.admission = asyncio.Semaphore(runs_admitted(config))
 
     async def check(self, text: str) -> Verdict:
         graph = extract_graph(text)
@@ -88,20 +94,40 @@ class WorkflowValidator:
         similarity = body_similarity(checked.body_source, self.template_body)
         if similarity >= self.benchmark.similarity_threshold:
             return Verdict(graph, f"template: similarity {similarity:.2f} >= {self.benchmark.similarity_threshold}")
-        return Verdict(graph, await self._trial(checked))
+        async with self.admission:  # the trial's time limit starts once it is admitted
+            with tallied() as tally:
+                reason = await self._trial(checked)
+        return Verdict(graph, reason, tally.as_record())
 
     async def _trial(self, checked: Any) -> str:
+        """'' when the workflow ran on the trial problem in time; else why not. Executor and
+        sandbox failures propagate: they say nothing about the workflow."""
         bench = self.benchmark
         context = OperatorContext(
-            self.client, bench, bench.trial_problem, sandbox=self.sandbox, settings=self.config.operators, cache_salt="trial"
+            self.client, bench, bench.trial_problem, sandbox=self.sandbox, settings=self.config.operators,
+            cache_salt="trial", max_requests=self.config.evaluation.max_requests_per_attempt,
         )
         try:
             await run_with_limit(checked, context, bench.trial_time_limit_s)
-        except (asyncio.TimeoutError, TimeoutError):
-            return f"trial: no result within {bench.trial_time_limit_s:g} s"
+        except WorkflowTimeout:
+            return f"trial: no result within {bench.trial_time_limit_s:g} s of the workflow's own time"
+        except INFRASTRUCTURE:
+            raise
+        except RequestRefused as exc:
+            if self.client.meter.calls == 0:
+                raise ExecutorUnavailable(f"every request so far was refused: {exc}") from None
+            return f"trial: refused: {str(exc)[:200]}"
         except Exception as exc:  # the trial is exactly where broken workflows should fail
             return f"trial: {type(exc).__name__}: {str(exc)[:200]}"
         return ""
+
+    async def check_until_answered(self, text: str, streak: FailureStreak) -> Verdict:
+        """``check``, repeated while the executor fails (the streak stops the stage)."""
+        while True:
+            try:
+                return await self.check(text)
+            except INFRASTRUCTURE as error:
+                streak.failed(error)
 
 
 class GenerateStage:
@@ -136,16 +162,23 @@ class GenerateStage:
         done = log.keys(lambda r: r["problem_id"])
         pending = [(i, p) for i, p in enumerate(problems) if p.id not in done]
         client = make_client(self.config, cache_path=self.workspace.path("cache.sqlite"))
+        warn_if_unpriced(self.config)
         started = time.perf_counter()
-        if pending:
-            asyncio.run(self._generate(pending, run, client, adapter))
+        try:
+            if pending:
+                asyncio.run(self._generate(pending, run, client, adapter))
+        except StageStopped as stopped:
+            run.stop(str(stopped), client.meter.snapshot())
+            raise
+        except BaseException:
+            run.save_session(client.meter.snapshot())
+            raise
         order = {p.id: i for i, p in enumerate(problems)}
         records = sorted(log.read(), key=lambda r: (order.get(r["problem_id"], len(order)), r["sample"]))
         log.rewrite(records)
-        return run.finish(
-            counts=self._counts(records, len(problems), time.perf_counter() - started),
-            usage={"executor": client.meter.snapshot(), "generator": self._generator_usage(records)},
-        )
+        usage = stage_usage(self.config, (r.get("trial_usage") for r in records), run, client.meter)
+        usage["generator"] = self._generator_usage(records)
+        return run.finish(counts=self._counts(records, len(problems), time.perf_counter() - started), usage=usage)
 
     async def _generate(self, pending: list[tuple[int, Problem]], run: StageRun, client: ChatClient, adapter: Any) -> None:
         """Sample chunk by chunk; a chunk's seed follows its first problem's index in the split,
@@ -158,6 +191,8 @@ class GenerateStage:
         sandbox = make_operator_sandbox(self.benchmark, self.config.sandbox)
         sampler = make_sampler(self.config.generator, gen, cache_dir=self.config.cache_dir, adapter=adapter, grammar=grammar)
         validator = WorkflowValidator(self.benchmark, client, sandbox, self.config)
+        streak = FailureStreak(self.config.evaluation.max_infra_failures, client.meter,
+                               f"{self.workspace.dataset} epoch {self.workspace.epoch} {self.stage}")
         log = run.log(self.output)
         try:
             with tqdm(total=len(pending), desc=f"generate {self.workspace.dataset}", unit="problem") as bar:
@@ -166,9 +201,10 @@ class GenerateStage:
                     chunk = [p for _, p in indexed]
                     prompts = {p.id: self._prompt(sampler, p) for p in chunk}
                     seed = gen.seed * 1_000_003 + indexed[0][0]
-                    slots = await self._fill(chunk, prompts, sampler, validator, seed=seed)
+                    slots = await self._fill(chunk, prompts, sampler, validator, streak, seed=seed)
                     log.append_many(r for p in chunk for r in self._records(p, prompts[p.id], slots[p.id]))
                     bar.update(len(chunk))
+                    run.save_session(client.meter.snapshot())
         finally:
             sampler.close()
             await client.aclose()
@@ -177,7 +213,8 @@ class GenerateStage:
             self.benchmark.close()
 
     async def _fill(
-        self, chunk: list[Problem], prompts: dict[str, str], sampler: Sampler, validator: WorkflowValidator, seed: int
+        self, chunk: list[Problem], prompts: dict[str, str], sampler: Sampler, validator: WorkflowValidator,
+        streak: FailureStreak, seed: int,
     ) -> dict[str, list[Slot]]:
         """Sample k per problem, then re-sample the invalid places for bounded rounds."""
         slots = {p.id: [Slot() for _ in range(self.k)] for p in chunk}
@@ -193,7 +230,7 @@ class GenerateStage:
             batches = await asyncio.to_thread(sampler.sample, requests)
             self.sampling_s += time.perf_counter() - clock
             samples = [(place, sample) for places, batch in zip(todo.values(), batches) for place, sample in zip(places, batch)]
-            verdicts = await asyncio.gather(*(validator.check(sample.text) for _, sample in samples))
+            verdicts = await gather_all(validator.check_until_answered(sample.text, streak) for _, sample in samples)
             for (place, sample), verdict in zip(samples, verdicts):
                 self._place(place, sample, verdict)
         return slots
@@ -203,6 +240,8 @@ class GenerateStage:
         slot.rounds += 1
         slot.prompt_tokens += sample.prompt_tokens
         slot.completion_tokens += sample.completion_tokens
+        for name, value in (verdict.trial_usage or {}).items():
+            slot.trial_usage[name] = slot.trial_usage.get(name, 0) + value
         self.stats["sampled"] += 1
         if not verdict.valid:
             slot.reasons.append(verdict.reason)
@@ -224,6 +263,7 @@ class GenerateStage:
                 "rounds": slot.rounds,
                 "prompt_tokens": slot.prompt_tokens,
                 "completion_tokens": slot.completion_tokens,
+                "trial_usage": slot.trial_usage,
             }
             for index, slot in enumerate(slots)
         ]
@@ -261,6 +301,6 @@ def summary_line(manifest: dict[str, Any]) -> str:
     return (
         f"{c['valid']}/{c['workflows']} workflows valid ({c['valid_rate']:.0%}) for {c['problems']} problems; "
         f"rejections: {rejections}; resample rounds {c['resample_rounds']}; {speed}; "
-        f"executor: {manifest['usage']['executor']['calls']} calls, ${manifest['usage']['executor']['cost_usd']:.4f}; "
+        f"{usage_line(manifest['usage']['executor'])}; "
         f"{c['wall_time_s']} s"
     )

@@ -22,9 +22,10 @@ from typing import Any, ClassVar
 
 from benchmarks.base import Benchmark, Problem
 from benchmarks.families import CodeBenchmark
-from scoreflow.codeutil import extract_code_blocks, sanitize
+from scoreflow.codeutil import extract_code_blocks
 from scoreflow.config import OperatorConfig
 from scoreflow.executor.client import ChatClient, ChatReply
+from scoreflow.offload import sanitize_async
 from scoreflow.sandbox import Sandbox, SandboxResult
 
 # Modules the Programmer's fork server loads up front: model-written solvers use them.
@@ -41,6 +42,7 @@ class OperatorCall:
     llm_calls: int = 0
     cached_calls: int = 0
     sandbox_runs: int = 0
+    truncated_chars: int = 0  # request text cut to fit executor.max_request_chars
     latency_s: float = 0.0
     error: str = ""
 
@@ -54,6 +56,8 @@ class OperatorContext:
 
     ``cache_salt`` separates scoring runs: with it, each run and each call in the
     run gets its own cached reply, so a resumed run reuses exactly its own replies.
+    ``max_requests`` caps the executor requests of the run, operator-internal ones
+    (Test repairs, Programmer retries) included: what one run can cost is bounded.
     """
 
     client: ChatClient
@@ -62,13 +66,26 @@ class OperatorContext:
     sandbox: Sandbox | None = None
     settings: OperatorConfig = field(default_factory=OperatorConfig)
     cache_salt: str = ""
+    max_requests: int | None = None
     trace: list[OperatorCall] = field(default_factory=list)
     _calls: int = 0
 
     def next_salt(self) -> str:
-        """A distinct cache salt per LLM call of the run, in call order."""
+        """A distinct cache salt per LLM call of the run, in call order; refuses a request
+        beyond ``max_requests``."""
+        if self.max_requests is not None and self._calls >= self.max_requests:
+            raise RequestCapExceeded(f"the run reached its cap of {self.max_requests} executor requests")
         self._calls += 1
         return f"{self.cache_salt}#{self._calls}"
+
+    @property
+    def requests(self) -> int:
+        """Executor requests this run has sent (or taken from the cache)."""
+        return self._calls
+
+
+class RequestCapExceeded(RuntimeError):
+    """A run asked for more executor requests than its cap allows (not retried: it would again)."""
 
 
 class Operator:
@@ -90,6 +107,7 @@ class Operator:
         )
         call.llm_calls += 1
         call.cached_calls += int(reply.cached)
+        call.truncated_chars += reply.truncated_chars
         call.prompt_tokens += reply.usage.prompt_tokens
         call.completion_tokens += reply.usage.completion_tokens
         return reply.text
@@ -229,7 +247,7 @@ class CustomCodeGenerate(Operator):
             f"Write the Python function `{entry}` with any imports and helper functions it needs. "
             "Reply with one ```python code block holding the complete code, without tests or example usage."
         ).strip()
-        return sanitize(await self._ask(call, prompt), entry)
+        return await sanitize_async(await self._ask(call, prompt), entry)
 
 
 class Programmer(Operator):
@@ -315,7 +333,8 @@ class Review(Operator):
             reply = await self._ask(call, prompt)
             revised = parse_fields(reply, ("review", "solution")).get("solution", "")
             if code:
-                return sanitize(revised or reply, self.problem.entry_point) if (revised or reply).strip() else pre_solution
+                text = revised or reply
+                return await sanitize_async(text, self.problem.entry_point) if text.strip() else pre_solution
             return revised or pre_solution
 
         return await self._traced(go)
@@ -337,13 +356,13 @@ class Test(Operator):
             bench, problem = self.code_benchmark, self.problem
             if not problem.public_tests:
                 return solution
-            current = sanitize(solution, problem.entry_point)
+            current = await sanitize_async(solution, problem.entry_point)
             for _ in range(self.context.settings.test_max_rounds):
                 program = bench.public_test_program(problem, current)
                 result = await self._run_code(call, program, bench.settings.check_time_limit_s)
                 if result.passed:
                     return current
-                current = sanitize(await self._ask(call, self._repair_prompt(current, result)), problem.entry_point)
+                current = await sanitize_async(await self._ask(call, self._repair_prompt(current, result)), problem.entry_point)
             generator = CustomCodeGenerate(self.context, problem)
             return await generator._generate(call, "Write a correct solution; a previous attempt failed its tests.")
 

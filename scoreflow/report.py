@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,12 +82,26 @@ class EpochResult:
     def judge_solve_rate(self) -> float | None:
         return self.counts("inference_evaluate").get("judge_solve_rate")
 
-    def usage(self, stages: Sequence[str]) -> tuple[int, float, int]:
-        """Executor tokens, USD and calls summed over some stages of this epoch."""
+    def usage(self, stages: Sequence[str]) -> tuple[int, float | None, int]:
+        """Executor tokens, USD (None: a stage's model is unpriced) and calls summed over some stages."""
         tokens = sum(self.executor(s).get("total_tokens", 0) for s in stages)
-        cost = sum(self.executor(s).get("cost_usd", 0.0) for s in stages)
+        cost = add_costs(self.executor(s).get("cost_usd", 0.0) for s in stages)
         calls = sum(self.executor(s).get("calls", 0) for s in stages)
         return tokens, cost, calls
+
+
+def add_costs(costs: Iterable[float | None]) -> float | None:
+    """A sum of costs that is unknown (None) as soon as one of them is."""
+    total = 0.0
+    for cost in costs:
+        if cost is None:
+            return None
+        total += cost
+    return total
+
+
+def _usd(cost: float | None) -> str:
+    return "unpriced" if cost is None else f"{cost:.4f}"
 
 
 # ---------------------------------------------------------------- reading
@@ -231,7 +245,7 @@ def _epoch_table(results: list[EpochResult]) -> list[str]:
             _fmt(r.solve_rate, ".1%"),
             str(calls),
             f"{tokens:,}",
-            f"{cost:.4f}",
+            _usd(cost),
             f"{wall:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -263,10 +277,10 @@ def _cost_table(results: list[EpochResult]) -> list[str]:
     ]
     for dataset in dict.fromkeys(r.dataset for r in results):
         mine = [r for r in results if r.dataset == dataset]
-        opt = [sum(x) for x in zip(*(r.usage(("generate", "evaluate")) for r in mine))]
-        inf = [sum(x) for x in zip(*(r.usage(("inference_generate", "inference_evaluate")) for r in mine))]
+        opt = _summed(r.usage(("generate", "evaluate")) for r in mine)
+        inf = _summed(r.usage(("inference_generate", "inference_evaluate")) for r in mine)
         lines.append(
-            f"| {dataset} | {opt[2]} | {opt[0]:,} | {opt[1]:.4f} | {inf[2]} | {inf[0]:,} | {inf[1]:.4f} |"
+            f"| {dataset} | {opt[2]} | {opt[0]:,} | {_usd(opt[1])} | {inf[2]} | {inf[0]:,} | {_usd(inf[1])} |"
         )
     paper = PAPER_HUMANEVAL_COST_USD
     lines += [
@@ -275,9 +289,14 @@ def _cost_table(results: list[EpochResult]) -> list[str]:
         + ", ".join(f"{k} {v:.2f}" for k, v in paper["optimization"].items())
         + " USD; inference on the test split "
         + ", ".join(f"{k} {v:.3f}" for k, v in paper["inference"].items())
-        + " USD. Costs use `executor.prices`; a local executor costs 0.",
+        + " USD. Costs use `executor.prices`; a local executor costs 0; a model without a price is 'unpriced'.",
     ]
     return lines
+
+
+def _summed(usages: Iterable[tuple[int, float | None, int]]) -> tuple[int, float | None, int]:
+    rows = list(usages)
+    return sum(r[0] for r in rows), add_costs(r[1] for r in rows), sum(r[2] for r in rows)
 
 
 # ---------------------------------------------------------------- plots
@@ -362,15 +381,20 @@ def _plot_costs(plt: Any, results: list[EpochResult], datasets: list[str]) -> An
     for axis, index, unit in ((tokens_axis, 0, "executor tokens"), (usd_axis, 1, "executor cost (USD)")):
         bottom = [0.0] * len(results)
         for stage in STAGES:
-            values = [r.usage((stage,))[index] for r in results]
+            values = [r.usage((stage,))[index] or 0.0 for r in results]  # unpriced: no bar
             axis.bar(positions, values, bottom=bottom, label=stage.replace("_", " "))
             bottom = [b + v for b, v in zip(bottom, values)]
         axis.set_xticks(list(positions), labels, fontsize=8)
         axis.set_ylabel(unit)
         axis.set_ylim(bottom=0)
+        unpriced = index == 1 and any(r.usage(STAGES)[1] is None for r in results)
+        if unpriced:
+            axis.text(0.5, 0.9, "some executor models are unpriced (not counted)", ha="center", va="center",
+                      transform=axis.transAxes, fontsize=8)
         if not any(bottom):
             axis.set_ylim(0, 1)
-            axis.text(0.5, 0.5, "no cost recorded (a local executor is free)", ha="center", va="center", transform=axis.transAxes)
+            note = "cost unknown: unpriced executor model" if unpriced else "no cost recorded (a local executor is free)"
+            axis.text(0.5, 0.5, note, ha="center", va="center", transform=axis.transAxes)
         axis.grid(axis="y", alpha=0.3)
     tokens_axis.set_title("Executor tokens per epoch")
     usd_axis.set_title("Executor cost per epoch")

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from scoreflow.runclock import queued
+
 SandboxStatus = Literal["pass", "fail", "timeout", "memory", "error"]
 
 _SERVER_SCRIPT = Path(__file__).with_name("_sandbox_server.py")
@@ -66,6 +68,10 @@ class SandboxSettings:
                 raise ValueError(f"sandbox.{spec.name} must be in [{low}, {high}] (got {value})")
 
 
+class SandboxUnavailable(RuntimeError):
+    """The sandbox itself cannot run programs (its server fails to start): no program's fault."""
+
+
 @dataclass(frozen=True)
 class SandboxResult:
     """Outcome of one program: status, a one-line reason, captured output (capped)."""
@@ -91,6 +97,8 @@ class Sandbox:
                  site_packages: bool = False, preload: tuple[str, ...] = ()) -> None:
         self.settings = settings
         self._manager = _ServerManager(settings, site_packages, tuple(preload))
+        self._gate_loop: asyncio.AbstractEventLoop | None = None
+        self._gate_semaphore = asyncio.Semaphore(settings.workers)
         self._finalizer = weakref.finalize(self, self._manager.close)
 
     def submit(self, program: str, *, time_limit_s: float | None = None) -> concurrent.futures.Future[SandboxResult]:
@@ -101,8 +109,24 @@ class Sandbox:
         return self._manager.submit(program, limit)
 
     async def run(self, program: str, *, time_limit_s: float | None = None) -> SandboxResult:
-        """Await a program from any event loop (waiting happens off the loop)."""
-        return await asyncio.wrap_future(self.submit(program, time_limit_s=time_limit_s))
+        """Await a program from any event loop (waiting happens off the loop).
+
+        At most ``workers`` programs of a loop are handed to the server at once, so a
+        program starts when it gets a slot; the wait for the slot is queueing on the
+        calling run's clock (``runclock``), the program's own time is its work."""
+        gate = self._gate()
+        with queued():
+            await gate.acquire()
+        try:
+            return await asyncio.wrap_future(self.submit(program, time_limit_s=time_limit_s))
+        finally:
+            gate.release()
+
+    def _gate(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._gate_loop is not loop:
+            self._gate_loop, self._gate_semaphore = loop, asyncio.Semaphore(self.settings.workers)
+        return self._gate_semaphore
 
     def run_sync(self, program: str, *, time_limit_s: float | None = None) -> SandboxResult:
         return self.submit(program, time_limit_s=time_limit_s).result()
@@ -171,7 +195,7 @@ class _ServerManager:
             if request.future.done():
                 continue
             if fatal:
-                _resolve(request.future, exception=RuntimeError(f"sandbox server failed to start: {reason}"))
+                _resolve(request.future, exception=SandboxUnavailable(f"sandbox server failed to start: {reason}"))
             elif self.closed or request.attempts >= _MAX_ATTEMPTS:
                 _resolve(request.future, SandboxResult("error", reason, "", 0.0))
             else:

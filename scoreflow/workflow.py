@@ -21,7 +21,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
 
+from scoreflow.executor.client import ExecutorUnavailable
 from scoreflow.operators import OPERATORS, Operator, OperatorContext
+from scoreflow.runclock import run_timed
 
 __all__ = [
     "CheckedWorkflow",
@@ -1029,5 +1031,8 @@ class CheckedWorkflow:
 
 
 async def run_with_limit(workflow: CheckedWorkflow, context: OperatorContext, time_limit_s: float) -> str:
-    """Run a workflow; TimeoutError when it takes longer than ``time_limit_s``."""
-    return await asyncio.wait_for(workflow.run(context), time_limit_s)
+    """Run a workflow with ``time_limit_s`` seconds of its own work (``runclock``: waits for
+    executor slots and sandbox workers do not count). Raises ``WorkflowTimeout`` (a
+    TimeoutError) when the limit is spent, ``ExecutorUnavailable`` when it was spent
+    waiting on an executor that answered nothing meanwhile."""
+    return await run_timed(lambda: workflow.run(context), time_limit_s, on_stall=ExecutorUnavailable)

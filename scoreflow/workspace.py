@@ -27,11 +27,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from scoreflow.config import Config, to_dict
+from scoreflow.config import Config, canonical_base_url, to_dict
 from scoreflow.errors import ScoreFlowError
 from scoreflow.jsonio import JsonlLog, atomic_write_json, read_json
 
 MANIFEST_VERSION = 1
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 # Config keys that may change between a run and its resumption without
 # changing what the records mean (speed and robustness knobs only).
@@ -43,6 +44,8 @@ RESUMABLE_CHANGES = (
     "executor.backoff_max_s",
     "executor.prices",
     "sandbox.workers",
+    "evaluation.runs_in_flight",
+    "evaluation.max_infra_failures",
     "generator.batch_size",
     "generator.gpu_memory_utilization",
     "generator.tensor_parallel_size",
@@ -198,6 +201,9 @@ class StageRun:
         self.manifest = manifest
         self._logs: dict[str, JsonlLog] = {}
         self._clock = time.monotonic()
+        self._session: dict[str, Any] = {"started_at": _now()}
+        manifest.setdefault("sessions", []).append(self._session)
+        self._saved_at = time.monotonic()
 
     @property
     def resumed(self) -> bool:
@@ -215,6 +221,28 @@ class StageRun:
         if output not in self.spec.outputs:
             raise ValueError(f"{output!r} is not an output of the {self.spec.name} stage")
         return self.workspace.path(output)
+
+    def save_session(self, executor: dict[str, Any], *, throttle_s: float = 0.0) -> None:
+        """Keep this session's executor usage in the manifest (at most every ``throttle_s``),
+        so that what a session paid survives it being killed."""
+        self._session["executor"] = executor
+        now = time.monotonic()
+        if now - self._saved_at >= throttle_s:
+            self._saved_at = now
+            self._write()
+
+    def stop(self, reason: str, executor: dict[str, Any]) -> None:
+        """The session ends without finishing the stage (which stays resumable): say why."""
+        self._session.update(executor=executor, stopped=reason, ended_at=_now())
+        self._write()
+
+    def close_session(self, executor: dict[str, Any]) -> list[dict[str, Any]]:
+        """End this session with its final usage; every session of the stage so far."""
+        self._session.update(executor=executor, ended_at=_now())
+        return self.manifest["sessions"]
+
+    def _write(self) -> None:
+        atomic_write_json(self.workspace.manifest_path(self.spec.name), self.manifest)
 
     def finish(
         self,
@@ -270,7 +298,17 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], manifest: Path) -
 def _meaningful_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Config keys that differ, except speed knobs. A key a newer code version added is
     read at its default in an older snapshot, so upgrading does not orphan a workspace."""
-    return [k for k in _diff(_with_defaults(old, to_dict(Config())), new, "") if not k.startswith(RESUMABLE_CHANGES)]
+    old, new = _canonical(_with_defaults(old, to_dict(Config()))), _canonical(new)
+    return [k for k in _diff(old, new, "") if not k.startswith(RESUMABLE_CHANGES)]
+
+
+def _canonical(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot with equivalent spellings made equal (the executor's base URL)."""
+    executor = snapshot.get("executor")
+    if not isinstance(executor, dict):
+        return snapshot
+    url = executor.get("base_url") or OPENAI_BASE_URL  # null means the OpenAI API
+    return {**snapshot, "executor": {**executor, "base_url": canonical_base_url(str(url))}}
 
 
 def _with_defaults(snapshot: Any, defaults: Any) -> Any:

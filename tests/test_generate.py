@@ -76,7 +76,7 @@ def test_validity_checks_in_order():
 def test_trial_run_must_finish_in_time():
     slow = lambda body: Reply("3", delay_s=1.0)  # noqa: E731
     (late,) = verdicts([GOOD_MATH], responder=slow, trial_time_limit_s=0.5)
-    assert late.reason == "trial: no result within 0.5 s"
+    assert late.reason == "trial: no result within 0.5 s of the workflow's own time"
 
 
 def test_code_template_is_allowed_by_threshold():

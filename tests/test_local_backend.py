@@ -218,7 +218,7 @@ def test_concurrent_calls_are_batched_and_match_one_at_a_time(client: LocalChatC
 
 def test_stop_strings_cut_the_reply(client: LocalChatClient) -> None:
     async def ask(stop: tuple[str, ...]) -> tuple[str, int]:
-        text, usage = await client._complete(user("List three colors."), SamplingParams(0.0, 40, stop=stop))
+        text, usage, _ = await client._complete(user("List three colors."), SamplingParams(0.0, 40, stop=stop))
         return text, usage.completion_tokens
 
     (full, full_tokens), (cut, cut_tokens) = asyncio.run(_both(ask(()), ask(("2.",))))
@@ -234,7 +234,7 @@ async def _both(a, b):  # type: ignore[no-untyped-def]
 def test_max_tokens_and_parameter_groups(client: LocalChatClient) -> None:
     async def run() -> list[tuple[str, int]]:
         calls = [client._complete(user("Who wrote Hamlet?"), SamplingParams(0.0, n)) for n in (3, 12, 3)]
-        return [(text, usage.completion_tokens) for text, usage in await asyncio.gather(*calls)]
+        return [(text, usage.completion_tokens) for text, usage, _ in await asyncio.gather(*calls)]
 
     batches = client.batches_run
     (short, n_short), (longer, n_longer), again = asyncio.run(run())
@@ -244,7 +244,7 @@ def test_max_tokens_and_parameter_groups(client: LocalChatClient) -> None:
 
 
 def test_sampling_runs(client: LocalChatClient) -> None:
-    text, usage = asyncio.run(client._complete(user("Name a fruit."), SamplingParams(0.8, 8, top_p=0.9)))
+    text, usage, _ = asyncio.run(client._complete(user("Name a fruit."), SamplingParams(0.8, 8, top_p=0.9)))
     assert 0 < usage.completion_tokens <= 8 and isinstance(text, str)
 
 

@@ -8,10 +8,13 @@ index), token and cost accounting, and per-call latency.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from scoreflow.errors import ScoreFlowError
 
@@ -24,6 +27,20 @@ Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": "..
 
 class ExecutorError(ScoreFlowError):
     """A call that failed for good (after its retries): names the call and the status."""
+
+
+class ExecutorUnavailable(ExecutorError):
+    """The executor itself failed: unreachable, refusing the credentials or the route,
+    erroring or timing out after the client's retries, stalled, or a local model that does
+    not load. Says nothing about the workflow: such a run is left unscored, and a stage
+    that sees a few of them in a row stops (resumable) instead of scoring them 0."""
+
+
+class RequestRefused(ExecutorError):
+    """The server rejected this one request (HTTP 400/413/422: too long, malformed, ...).
+
+    The same workflow would send the same request again, so it is never re-sent; the
+    attempt fails like any error of the workflow's own making."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,15 @@ class ChatReply:
     usage: Usage
     latency_s: float
     cached: bool = False
+    truncated_chars: int = 0  # characters cut from the request to fit executor.max_request_chars
+
+
+class Completion(NamedTuple):
+    """What a backend returns for one request."""
+
+    text: str
+    usage: Usage
+    truncated_tokens: int = 0  # prompt tokens a local model cut to fit its context
 
 
 @dataclass(frozen=True)
@@ -56,30 +82,51 @@ class SamplingParams:
 
 @dataclass
 class UsageMeter:
-    """Running totals of one stage: calls, cache hits, tokens and cost."""
+    """Running totals of one session of a stage: replies, cache hits, tokens and cost.
+
+    Fresh replies (sent and paid now) and cached ones (paid in an earlier session or
+    run) are counted apart, so summing sessions never counts a reply twice. A model
+    without a price is listed in ``unpriced`` (its cost is unknown, not zero) unless the
+    executor is ``free`` (a model in this process).
+    """
 
     prices: dict[str, ModelPrice] = field(default_factory=dict)
+    free: bool = False
     calls: int = 0
     cache_hits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
     cost_usd: float = 0.0
     failures: int = 0
+    truncated_requests: int = 0
+    unpriced: set[str] = field(default_factory=set)
 
     def record(self, model: str, usage: Usage, *, cached: bool) -> None:
-        """Count a reply; a cached reply costs nothing and spends no new tokens."""
+        """Count a reply; a cached reply costs nothing now and spends no new tokens."""
         self.calls += 1
         if cached:
             self.cache_hits += 1
+            self.cached_prompt_tokens += usage.prompt_tokens
+            self.cached_completion_tokens += usage.completion_tokens
             return
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
-        self.cost_usd += self.cost(model, usage)
+        self.cost_usd += self.cost(model, usage) or 0.0
+        if not self.is_priced(model):
+            self.unpriced.add(model)
 
-    def cost(self, model: str, usage: Usage) -> float:
+    def is_priced(self, model: str) -> bool:
+        return self.free or model in self.prices
+
+    def cost(self, model: str, usage: Usage) -> float | None:
+        """USD of ``usage``; None when the model has no price (and is not free)."""
+        if self.free:
+            return 0.0
         price = self.prices.get(model)
         if price is None:
-            return 0.0
+            return None
         return (usage.prompt_tokens * price.input + usage.completion_tokens * price.output) / 1e6
 
     @property
@@ -87,7 +134,7 @@ class UsageMeter:
         return self.calls - self.cache_hits
 
     def snapshot(self) -> dict[str, Any]:
-        """The numbers a stage manifest records."""
+        """The numbers a stage manifest records for this session."""
         return {
             "calls": self.calls,
             "cache_hits": self.cache_hits,
@@ -96,14 +143,86 @@ class UsageMeter:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "cost_usd": round(self.cost_usd, 6),
+            "cached_tokens": self.cached_prompt_tokens + self.cached_completion_tokens,
+            "cost_usd": None if self.unpriced else round(self.cost_usd, 6),
+            "unpriced_models": sorted(self.unpriced),
+            "truncated_requests": self.truncated_requests,
         }
 
     def summary(self) -> str:
+        cost = f"${self.cost_usd:.4f}" if not self.unpriced else "cost unpriced"
         return (
             f"{self.calls} executor calls ({self.cache_hits} cached), "
-            f"{self.prompt_tokens + self.completion_tokens} tokens, ${self.cost_usd:.4f}"
+            f"{self.prompt_tokens + self.completion_tokens} tokens, {cost}"
         )
+
+
+@dataclass
+class RequestTally:
+    """Executor requests of one unit of work (a scoring run, a trial), cached or not.
+
+    Records carry it, so a stage's usage can be summed from its records: the same for a
+    resumed stage (cached replies keep their usage) as for an uninterrupted one."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    truncated_requests: int = 0
+
+    def add(self, usage: Usage, truncated: bool) -> None:
+        self.requests += 1
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.truncated_requests += int(truncated)
+
+    def as_record(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+_TALLY: ContextVar[RequestTally | None] = ContextVar("scoreflow_request_tally", default=None)
+
+
+@contextlib.contextmanager
+def tallied() -> Iterator[RequestTally]:
+    """Count every reply ``chat`` returns within the block (and tasks started in it)."""
+    tally = RequestTally()
+    token = _TALLY.set(tally)
+    try:
+        yield tally
+    finally:
+        _TALLY.reset(token)
+
+
+def cap_request(messages: list[Message], max_chars: int | None) -> tuple[list[Message], int]:
+    """Messages whose text fits ``max_chars``: the middle of the longest contents is cut
+    (the start states the task, the end usually says how to answer). Returns the messages
+    and how many characters were cut (0: unchanged)."""
+    total = _chars(messages)
+    if max_chars is None or total <= max_chars:
+        return messages, 0
+    capped = [dict(m) for m in messages]
+    for message in sorted(capped, key=lambda m: len(m.get("content") or ""), reverse=True):
+        excess = _chars(capped) - max_chars
+        if excess <= 0:
+            break
+        text = message.get("content") or ""
+        keep = max(0, len(text) - excess - len(TRUNCATION_MARK.format(n=len(text))))
+        head = keep // 2
+        message["content"] = text[:head] + TRUNCATION_MARK.format(n=len(text) - keep) + text[len(text) - (keep - head):]
+    return capped, total - _chars(capped)
+
+
+def _chars(messages: list[Message]) -> int:
+    return sum(len(m.get("content") or "") for m in messages)
+
+
+TRUNCATION_MARK = "\n[... {n} characters cut to fit the executor's request limit ...]\n"
+
+
+def _tally(usage: Usage, cut: int) -> None:
+    tally = _TALLY.get()
+    if tally is not None:
+        tally.add(usage, bool(cut))
 
 
 class ChatClient(ABC):
@@ -119,12 +238,14 @@ class ChatClient(ABC):
         max_tokens: int | None = None,
         cache: ReplyCache | None = None,
         meter: UsageMeter | None = None,
+        max_request_chars: int | None = None,
     ) -> None:
         self.model = model
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.cache = cache
         self.meter = meter or UsageMeter()
+        self.max_request_chars = max_request_chars
 
     async def chat(
         self,
@@ -134,28 +255,38 @@ class ChatClient(ABC):
         max_tokens: int | None = None,
         cache_salt: str = "",
     ) -> ChatReply:
-        """One reply; temperature-0 replies come from (and go to) the cache."""
+        """One reply; temperature-0 replies come from (and go to) the cache.
+
+        A request longer than ``max_request_chars`` is cut to fit before anything else
+        (the cut request is what is cached and sent); the reply says how much was cut."""
+        messages, cut = cap_request(messages, self.max_request_chars)
         params = SamplingParams(
             temperature=self.temperature if temperature is None else temperature,
             max_tokens=self.max_tokens if max_tokens is None else max_tokens,
         )
+        if cut:
+            self.meter.truncated_requests += 1
         cacheable = self.cache is not None and params.temperature == 0.0
         key = self.cache.key(self.backend, self.model, messages, params, cache_salt) if cacheable else ""
         if cacheable:
             hit = self.cache.get(key)
             if hit is not None:
                 self.meter.record(self.model, hit.usage, cached=True)
-                return ChatReply(hit.text, hit.usage, 0.0, cached=True)
+                _tally(hit.usage, cut)
+                return ChatReply(hit.text, hit.usage, 0.0, cached=True, truncated_chars=cut)
         start = time.perf_counter()
         try:
-            text, usage = await self._complete(messages, params)
+            done = await self._complete(messages, params)
         except ExecutorError:
             self.meter.failures += 1
             raise
-        reply = ChatReply(text, usage, time.perf_counter() - start)
+        if done.truncated_tokens:
+            self.meter.truncated_requests += int(not cut)
+        reply = ChatReply(done.text, done.usage, time.perf_counter() - start, truncated_chars=cut)
         if cacheable:
             self.cache.put(key, reply.text, reply.usage)
-        self.meter.record(self.model, usage, cached=False)
+        self.meter.record(self.model, done.usage, cached=False)
+        _tally(done.usage, cut)
         return reply
 
     async def ask(self, prompt: str, **kwargs: Any) -> str:
@@ -163,7 +294,7 @@ class ChatClient(ABC):
         return (await self.chat([{"role": "user", "content": prompt}], **kwargs)).text
 
     @abstractmethod
-    async def _complete(self, messages: list[Message], params: SamplingParams) -> tuple[str, Usage]:
+    async def _complete(self, messages: list[Message], params: SamplingParams) -> Completion:
         """Ask the backend once (with its own retries); raise ExecutorError for good failures."""
 
     async def aclose(self) -> None:

@@ -26,8 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scoreflow.executor.client import ChatClient, ExecutorError, Message, SamplingParams, Usage, UsageMeter
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from scoreflow.executor.client import ChatClient, Completion, ExecutorUnavailable, Message, SamplingParams, Usage, UsageMeter
+
 from scoreflow.models import load_causal_lm
+from scoreflow.runclock import current_clock
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +42,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_NEW_TOKENS = 512
 
-Result = tuple[str, Usage]
+Result = Completion
 
 
 @dataclass
@@ -49,6 +53,7 @@ class _Request:
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Result]
+    work_s: float = 0.0  # this request's share of its batch's compute (set by the worker)
 
 
 def _deliver(request: _Request, result: Result | None, error: BaseException | None) -> None:
@@ -131,13 +136,22 @@ class LocalChatClient(ChatClient):
         )
 
     async def _complete(self, messages: list[Message], params: SamplingParams) -> Result:
+        """Queue the call for the worker. For a timed run the wait in the queue and the batch
+        are not counted as such; the run is charged its share of the batch's compute."""
         if self._closed:
-            raise ExecutorError(f"local model {self.model}: the client is closed")
+            raise ExecutorUnavailable(f"local model {self.model}: the client is closed")
         self._ensure_worker()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
-        self._queue.put(_Request(messages, params, loop, future))
-        return await future
+        request = _Request(messages, params, loop, loop.create_future())
+        self._queue.put(request)
+        clock = current_clock()
+        if clock is None:
+            return await request.future
+        try:
+            with clock.queued():
+                return await request.future
+        finally:
+            clock.charge(request.work_s)
 
     async def aclose(self) -> None:
         """Stop the worker after the calls already queued, and drop the model."""
@@ -194,20 +208,22 @@ class LocalChatClient(ChatClient):
             if not request.future.done():  # the caller was cancelled meanwhile
                 groups.setdefault(request.params, []).append(request)
         for params, group in groups.items():
+            started = time.perf_counter()
             try:
                 if self._load_error is not None:
                     raise self._load_error
-                results = self._generate([r.messages for r in group], params)
+                results = self._generate(group, params)
             except Exception as exc:
-                error = ExecutorError(f"local model {self.model}: {type(exc).__name__}: {exc}")
+                error = ExecutorUnavailable(f"local model {self.model}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
                 for request in group:
                     _deliver(request, None, error)
                 continue
+            _share_batch_time(group, results, time.perf_counter() - started)
             for request, result in zip(group, results):
                 _deliver(request, result, None)
 
     def _fail_pending(self) -> None:
-        error = ExecutorError(f"local model {self.model}: the client is closed")
+        error = ExecutorUnavailable(f"local model {self.model}: the client is closed")
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -218,16 +234,35 @@ class LocalChatClient(ChatClient):
 
     # --- generation ----------------------------------------------------------------------
 
-    def _generate(self, conversations: list[list[Message]], params: SamplingParams) -> list[Result]:
-        """Left-pad the chat prompts, generate once, and split the rows into replies."""
+    def _generate(self, group: list[_Request], params: SamplingParams) -> list[Result]:
+        """Left-pad the chat prompts (each cut to the model's context), generate once, and
+        split the rows into replies. Rows whose callers all gave up stop the batch early."""
         tokenizer = self._tokenizer
-        texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._lm.device)
-        output = self._lm.generate(**enc, **self._generation_kwargs(params))
+        max_new = params.max_tokens or self.default_max_new_tokens
+        prompts = [self._prompt_ids(r.messages, max_new) for r in group]
+        enc = tokenizer.pad({"input_ids": [ids for ids, _ in prompts]}, padding=True, return_tensors="pt").to(self._lm.device)
+        kwargs = self._generation_kwargs(params)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_AllAbandoned(group)])
+        output = self._lm.generate(**enc, **kwargs)
         self.batches_run += 1
         new_tokens = output[:, enc["input_ids"].shape[1] :].cpu()
         prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()
-        return [self._reply(row, n, params) for row, n in zip(new_tokens, prompt_lengths)]
+        return [self._reply(row, n, params, cut) for row, n, (_, cut) in zip(new_tokens, prompt_lengths, prompts)]
+
+    def _prompt_ids(self, messages: list[Message], max_new_tokens: int) -> tuple[list[int], int]:
+        """The chat prompt's token ids, its middle cut so that prompt + reply fit the context."""
+        text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        room = max(16, self.context_tokens() - max_new_tokens)
+        if len(ids) <= room:
+            return ids, 0
+        head = room // 4  # the start says what to do, the end holds the question and the answer cue
+        return ids[:head] + ids[len(ids) - (room - head):], len(ids) - room
+
+    def context_tokens(self) -> int:
+        """The model's context length (positions), from its config."""
+        config = self._lm.config
+        return int(getattr(config, "max_position_embeddings", 0) or getattr(self._tokenizer, "model_max_length", 2048))
 
     def _generation_kwargs(self, params: SamplingParams) -> dict[str, Any]:
         """Greedy at temperature 0, else plain temperature/top-p sampling (no top-k, as with OpenAI)."""
@@ -251,10 +286,31 @@ class LocalChatClient(ChatClient):
         ids.add(self._tokenizer.pad_token_id)
         return ids
 
-    def _reply(self, row: torch.Tensor, prompt_tokens: int, params: SamplingParams) -> Result:
+    def _reply(self, row: torch.Tensor, prompt_tokens: int, params: SamplingParams, truncated: int) -> Result:
         """A row's text up to its end token, cut at a stop string; usage without padding."""
         end_ids = self._end_ids()
         tokens = row.tolist()
         length = next((i for i, t in enumerate(tokens) if t in end_ids), len(tokens))
         text = self._tokenizer.decode(tokens[:length], skip_special_tokens=True)
-        return cut_at_stop(text, params.stop), Usage(int(prompt_tokens), length)
+        return Completion(cut_at_stop(text, params.stop), Usage(int(prompt_tokens), length), truncated)
+
+
+class _AllAbandoned(StoppingCriteria):
+    """Stops a batch once every caller in it gave up (its run hit its time limit)."""
+
+    def __init__(self, group: list[_Request]) -> None:
+        self.group = group
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = all(r.future.done() for r in self.group)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def _share_batch_time(group: list[_Request], results: list[Result], seconds: float) -> None:
+    """Each request's share of a batch's compute, by its tokens (what it would cost alone, roughly)."""
+    weights = [r.usage.total_tokens or 1 for r in results]
+    total = sum(weights)
+    for request, weight in zip(group, weights):
+        request.work_s = seconds * weight / total

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import email.utils
 import hashlib
 import ipaddress
@@ -36,6 +37,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -45,7 +47,18 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx2
 import openai
 
-from scoreflow.executor.client import ChatClient, ExecutorError, Message, SamplingParams, Usage, UsageMeter
+from scoreflow.executor.client import (
+    ChatClient,
+    Completion,
+    ExecutorError,
+    ExecutorUnavailable,
+    Message,
+    RequestRefused,
+    SamplingParams,
+    Usage,
+    UsageMeter,
+)
+from scoreflow.runclock import current_clock, queued
 
 if TYPE_CHECKING:
     from scoreflow.config import ExecutorConfig
@@ -57,8 +70,11 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 LOCAL_DUMMY_KEY = "EMPTY"  # what vLLM / llama.cpp accept when started without a key
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _RETRY_STATUSES = {408, 409, 429}
+_REFUSED_STATUSES = {400, 413, 422}  # about this request; other 4xx are about the setup
 _KEEPALIVE_S = 4.0  # below the common 5 s server keep-alive (uvicorn), so idle reuse is safe
 Transport = Literal["auto", "lean", "httpx"]
+_KEY_PIECE = 10  # characters of the key that identify it
+_KEYLIKE = re.compile(rf"[A-Za-z0-9_\-]{{{_KEY_PIECE},}}")
 
 
 def estimate_tokens(text: str) -> int:
@@ -78,7 +94,15 @@ class _Secret:
         return "<secret>"
 
     def redact(self, text: str) -> str:
-        return text.replace(self.value, "***") if self.value else text
+        """The text without the key, or any long piece of it (servers echo keys in auth errors)."""
+        if not self.value or self.value == LOCAL_DUMMY_KEY:
+            return text
+        text = text.replace(self.value, "***")
+        return _KEYLIKE.sub(lambda m: "***" if self._shares_piece(m.group()) else m.group(), text)
+
+    def _shares_piece(self, token: str) -> bool:
+        width = _KEY_PIECE
+        return any(token[i : i + width] in self.value for i in range(len(token) - width + 1))
 
 
 class _Retry(Exception):
@@ -91,11 +115,14 @@ class _Retry(Exception):
 
 
 class _Fatal(Exception):
-    """An attempt failed in a way another try cannot fix (400, 401, 403, 404, 422...)."""
+    """An attempt failed in a way another try cannot fix (400, 401, 403, 404, 422...).
 
-    def __init__(self, reason: str) -> None:
+    ``refused``: the server rejected this request (400/413/422), not the client's setup."""
+
+    def __init__(self, reason: str, *, refused: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.refused = refused
 
 
 @dataclass
@@ -143,6 +170,8 @@ class OpenAIChatClient(ChatClient):
         self._key = _Secret(_read_api_key(api_key_env, self.base_url))
         self._state: _LoopState | None = None
         self._rng = random.Random()
+        self.endpoint = f"POST {self.base_url}/chat/completions"
+        self.last_response_at = float("-inf")  # monotonic time of the last HTTP response of any status
 
     @classmethod
     def from_config(
@@ -169,37 +198,49 @@ class OpenAIChatClient(ChatClient):
 
     # ------------------------------------------------------------ the call
 
-    async def _complete(self, messages: list[Message], params: SamplingParams) -> tuple[str, Usage]:
-        """Up to ``max_retries + 1`` attempts; the shared slot is held only while a request is out."""
+    async def _complete(self, messages: list[Message], params: SamplingParams) -> Completion:
+        """Up to ``max_retries + 1`` attempts; the shared slot is held only while a request is out.
+
+        Waiting for a slot and backing off are queueing, not the run's work (``runclock``)."""
         state = self._loop_state()
         body = _request_body(self.model, messages, params)
         reason, retry_after = "", None
         for attempt in range(self.max_retries + 1):
             if attempt:
-                await asyncio.sleep(self._backoff(attempt - 1, retry_after))
+                with queued():
+                    await asyncio.sleep(self._backoff(attempt - 1, retry_after))
             try:
-                async with state.semaphore:
+                with queued():
+                    await state.semaphore.acquire()
+                try:
                     return await self._attempt(state.sdk, body, messages)
+                finally:
+                    state.semaphore.release()
             except _Retry as exc:
                 reason, retry_after = exc.reason, exc.retry_after
             except _Fatal as exc:
-                raise ExecutorError(self._failure(messages, exc.reason, attempt + 1)) from None
-        raise ExecutorError(self._failure(messages, reason, self.max_retries + 1)) from None
+                error = RequestRefused if exc.refused else ExecutorUnavailable
+                raise error(self._failure(messages, exc.reason, attempt + 1)) from None
+        raise ExecutorUnavailable(self._failure(messages, reason, self.max_retries + 1)) from None
 
-    async def _attempt(
-        self, sdk: openai.AsyncOpenAI, body: dict[str, Any], messages: list[Message]
-    ) -> tuple[str, Usage]:
+    async def _attempt(self, sdk: openai.AsyncOpenAI, body: dict[str, Any], messages: list[Message]) -> Completion:
         """One request; raises _Retry or _Fatal, which say why."""
+        clock = current_clock()
+        out = clock.request_out(self.endpoint, lambda: self.last_response_at) if clock else contextlib.nullcontext()
         try:
-            async with asyncio.timeout(self.request_timeout_s):
-                response = await sdk.post("/chat/completions", body=body, cast_to=httpx2.Response)
+            with out:
+                async with asyncio.timeout(self.request_timeout_s):
+                    response = await sdk.post("/chat/completions", body=body, cast_to=httpx2.Response)
         except openai.APIStatusError as exc:
-            raise _status_failure(exc, self.backoff_max_s) from None
+            self.last_response_at = time.monotonic()
+            raise _status_failure(exc, self.backoff_max_s, self._key) from None
         except (openai.APITimeoutError, TimeoutError):
             raise _Retry(f"timeout after {self.request_timeout_s:g} s") from None
         except openai.APIConnectionError as exc:
             raise _Retry(_connection_reason(exc)) from None
-        return _parse_reply(response.content, messages)
+        self.last_response_at = time.monotonic()
+        text, usage = _parse_reply(response.content, messages)
+        return Completion(text, usage)
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:
         """The server's Retry-After (capped), else full-jitter capped exponential backoff."""
@@ -208,14 +249,16 @@ class OpenAIChatClient(ChatClient):
         return self._rng.uniform(0.0, min(self.backoff_max_s, self.backoff_initial_s * 2.0 ** min(retry, 60)))
 
     def _failure(self, messages: list[Message], reason: str, attempts: int) -> str:
-        """One line: which call (model, hash, start of the last user message), why, how often tried."""
+        """One line: where (URL), which call (model, hash, start of the last user message),
+        why (status and the server's own message), how often tried, and what to check."""
         last_user = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
         snippet = " ".join(str(last_user).split())
         snippet = snippet if len(snippet) <= 60 else snippet[:57] + "..."
         digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:8]
         tries = f"{attempts} attempt" + ("s" if attempts != 1 else "")
-        line = f"executor call {self.model} #{digest} ({snippet!r}) failed: {reason} after {tries}"
-        return self._key.redact(line)
+        line = f"executor {self.endpoint}: call {self.model} #{digest} ({snippet!r}) failed: {reason} after {tries}"
+        hint = _hint(reason, self.base_url, self.api_key_env)
+        return self._key.redact(line + (f"; {hint}" if hint else ""))
 
     # ------------------------------------------------------------ per-loop resources
 
@@ -327,17 +370,42 @@ def _usage(reported: Any, messages: list[Message], text: str) -> Usage:
     return Usage(prompt, completion)
 
 
-def _status_failure(exc: openai.APIStatusError, backoff_max_s: float) -> _Retry | _Fatal:
+def _status_failure(exc: openai.APIStatusError, backoff_max_s: float, key: _Secret) -> _Retry | _Fatal:
     status = exc.status_code
+    detail = _server_message(exc)
+    detail = f": {key.redact(detail)}" if detail else ""
     if status in _RETRY_STATUSES or status >= 500:
-        return _Retry(f"HTTP {status}", _retry_after(exc.response.headers, backoff_max_s))
-    detail = ""
-    if status not in (401, 403):  # auth errors may echo part of the key
-        body = exc.body
-        message = body.get("message") if isinstance(body, dict) else None
-        if isinstance(message, str) and message:
-            detail = ": " + " ".join(message.split())[:120]
-    return _Fatal(f"HTTP {status}{detail} (not retried)")
+        return _Retry(f"HTTP {status}{detail}", _retry_after(exc.response.headers, backoff_max_s))
+    return _Fatal(f"HTTP {status}{detail} (not retried)", refused=status in _REFUSED_STATUSES)
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    """The server's own words: OpenAI's error.message, FastAPI's detail, a message field, or the body text."""
+    body = exc.body
+    found: Any = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        found = error.get("message") if isinstance(error, dict) else error
+        found = found or body.get("detail") or body.get("message")
+    if found is None:
+        try:
+            found = exc.response.text
+        except Exception:  # a streamed or undecodable body: the status says enough
+            found = ""
+    if not isinstance(found, str):
+        found = json.dumps(found)
+    return " ".join(found.split())[:200]
+
+
+def _hint(reason: str, base_url: str, api_key_env: str) -> str:
+    """What to check for the failures a setup causes."""
+    if reason.startswith("HTTP 404"):
+        return f"check executor.base_url ({base_url}) and executor.model: OpenAI-compatible servers serve /v1/chat/completions"
+    if reason.startswith(("HTTP 401", "HTTP 403")):
+        return f"check the API key in ${api_key_env} (executor.api_key_env) and its access to the model"
+    if "connection refused" in reason:
+        return f"is the server running at {base_url}?"
+    return ""
 
 
 def _retry_after(headers: httpx2.Headers, cap: float) -> float | None:
