@@ -80,7 +80,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, Pre
 from perf.train_bench import batches, timed_step  # noqa: E402
 from scoreflow.config import Config, load_config  # noqa: E402
 from scoreflow.sampling import SampleRequest, TransformersSampler  # noqa: E402
-from scoreflow.training import ScoreDPOTrainer, dpo_args, lora_config, pair_dataset, use_bf16  # noqa: E402
+from scoreflow.training import ScoreDPOTrainer, build_trainer, lora_config, use_bf16  # noqa: E402
 
 SAMPLES = 8  # k: samples of one prompt per sampler call
 VARIANTS = {  # name -> config overrides
@@ -226,16 +226,8 @@ def report(name: str, value: object) -> None:
 
 def score_dpo_trainer(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast,
                       records: list[dict[str, Any]], output_dir: str) -> ScoreDPOTrainer:
-    """What ``build_trainer`` makes for ``training.loss=score_dpo``, around an in-memory model."""
-    training = config.training
-    return ScoreDPOTrainer(
-        model,
-        args=dpo_args(training, output_dir, disable_tqdm=True),
-        train_dataset=pair_dataset(records, tokenizer, config.generation.stop[0]),
-        processing_class=tokenizer,
-        peft_config=lora_config(training),
-        score_transform=training.score_transform,
-    )
+    """The project's own trainer for ``training.loss=score_dpo``, around the in-memory model."""
+    return build_trainer(config, records, output_dir, loaded=(model, tokenizer), disable_tqdm=True)
 
 
 def step_times(trainer: ScoreDPOTrainer, shape: Shape, deadline: float) -> list[float]:

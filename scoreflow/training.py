@@ -407,12 +407,16 @@ def build_trainer(
     output_dir: str,
     *,
     init_adapter: Path | None = None,
+    loaded: tuple[Any, PreTrainedTokenizerBase] | None = None,
     **arg_overrides: Any,
 ) -> Trainer:
-    """The trainer of ``config.training.loss``, its LoRA fresh or continued from ``init_adapter``."""
+    """The trainer of ``config.training.loss``, its LoRA fresh or continued from ``init_adapter``.
+
+    ``loaded``: a (model, tokenizer) already in memory instead of ``generator.model``
+    (``perf/gpu_check.py`` trains a random 8B-shaped model that exists nowhere on disk)."""
     check_trl_version()
     training = config.training
-    model, tokenizer = load_causal_lm(
+    model, tokenizer = loaded or load_causal_lm(
         config.generator.model,
         config.cache_dir,
         dtype="bfloat16" if use_bf16(training) else "float32",
