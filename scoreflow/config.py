@@ -15,7 +15,6 @@ import math
 import os
 import types
 import typing
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -219,22 +218,6 @@ class Config:
         return self.datasets[name]
 
 
-def canonical_base_url(url: str) -> str:
-    """One spelling per endpoint: lower-case scheme and host, loopback names as 127.0.0.1,
-    default ports and trailing slashes dropped (``http://LOCALHOST:80/v1/`` = ``http://127.0.0.1/v1``)."""
-    parts = urllib.parse.urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if host in ("localhost", "::1", "0.0.0.0") or host.startswith("127."):
-        host = "127.0.0.1"
-    port = parts.port
-    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
-        netloc = host
-    else:
-        netloc = f"{host}:{port}"
-    return urllib.parse.urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
-
-
 # ---------------------------------------------------------------- loading
 
 
@@ -313,8 +296,9 @@ def _merge(base: dict[str, Any], update: dict[str, Any], *, source: str, prefix:
 
 
 def _is_open_mapping(prefix: str) -> bool:
-    """Mappings whose keys the user names (model prices); datasets are a fixed set."""
-    return prefix == "executor.prices."
+    """Mappings whose keys the user names (model prices, and the fields of a price being
+    built up by several --set items; its dataclass checks them); datasets are a fixed set."""
+    return prefix == "executor.prices." or (prefix.startswith("executor.prices.") and prefix.count(".") == 3)
 
 
 def _build(cls: type, data: Any, *, source: str, prefix: str) -> Any:

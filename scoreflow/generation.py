@@ -122,12 +122,14 @@ class WorkflowValidator:
         return ""
 
     async def check_until_answered(self, text: str, streak: FailureStreak) -> Verdict:
-        """``check``, repeated while the executor fails (the streak stops the stage)."""
-        while True:
+        """``check``, repeated while the executor fails; once the streak stops the stage,
+        a verdict that is never recorded (the chunk is not written)."""
+        while streak.stopped is None:
             try:
                 return await self.check(text)
             except INFRASTRUCTURE as error:
                 streak.failed(error)
+        return Verdict(None, "executor: stopped")
 
 
 class GenerateStage:
@@ -231,6 +233,7 @@ class GenerateStage:
             self.sampling_s += time.perf_counter() - clock
             samples = [(place, sample) for places, batch in zip(todo.values(), batches) for place, sample in zip(places, batch)]
             verdicts = await gather_all(validator.check_until_answered(sample.text, streak) for _, sample in samples)
+            streak.raise_if_stopped()  # trials in flight finished (their replies are cached); nothing is recorded
             for (place, sample), verdict in zip(samples, verdicts):
                 self._place(place, sample, verdict)
         return slots

@@ -12,12 +12,15 @@ programs, the interpreter. The local model computes for many runs at once, so ea
 request is charged its share of the batch it was decoded in (``charge``). A workflow
 that finishes within its limit on an idle system therefore finishes under any load.
 
+A reply taken from the cache is charged the time the call counted when it was made
+(the cache stores it), so a resumed run spends its limit exactly as the first one did.
+
 The clock lives in a context variable: the run's task (and tasks it creates) see it,
 so the executor and sandbox code mark their waits without being handed the clock.
 When the limit is spent the run's task is cancelled, which cancels its in-flight
-requests and sandbox programs. If a request was out at that moment and the executor
-had not answered anything since it was sent, the executor stalled: that is reported
-as an executor failure, not as the workflow's timeout.
+requests and sandbox programs. If a request had then been out for half the limit or
+more and the executor had answered nothing at all since it was sent, the executor
+stalled: that is reported as an executor failure, not as the workflow's timeout.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _CURRENT: ContextVar[RunClock | None] = ContextVar("scoreflow_run_clock", default=None)
-STALL_MIN_S = 1.0  # a request out this long with no reply from anywhere is a stall
+STALL_FRACTION = 0.5  # a request out for this part of the limit, with no reply from anywhere, is a stall
 
 
 class WorkflowTimeout(TimeoutError):
@@ -159,10 +162,13 @@ class RunClock:
         self._task.cancel()
 
     def _stalled_request(self) -> str:
+        """Why the executor, not the run, is to blame: a request of the run has been out for
+        half the limit or more and the executor answered nothing at all since it was sent.
+        (A slow workflow has many shorter requests, and other runs' replies keep arriving.)"""
         now = self._now()
         for out in self._outstanding.values():
             waited = now - out.sent_at
-            if waited >= STALL_MIN_S and out.last_reply_at() < out.sent_at:
+            if waited >= STALL_FRACTION * self.limit_s and out.last_reply_at() < out.sent_at:
                 return f"{out.endpoint}: no reply to any request for {waited:.0f} s"
         return ""
 

@@ -8,8 +8,9 @@ Two rules shared by the evaluate and generate stages:
 * **Infrastructure failures are not scores.** A run that failed because the executor
   (or the sandbox) failed — unreachable, wrong URL or key, erroring or silent after the
   client's retries — is left unscored and queued again. When ``limit`` such failures
-  come in a row, with no executor reply between them, the stage stops with
-  :class:`StageStopped`: one line naming the cause, everything finished kept, resumable.
+  come in a row, with no executor reply between them, no new run starts; the runs in
+  flight finish (their replies are paid for, so they are kept and recorded), then the
+  stage stops with :class:`StageStopped`: one line naming the cause, resumable.
 """
 
 from __future__ import annotations
@@ -40,19 +41,24 @@ class FailureStreak:
         self.stage = stage
         self.streak = 0
         self.total = 0
+        self.stopped: StageStopped | None = None
         self._replies_at_last = -1
 
     def failed(self, error: BaseException) -> None:
-        """Note one failure; raise StageStopped when the streak reaches the limit."""
+        """Note one failure; the stage is to stop once the streak reaches the limit."""
         replies = self.meter.calls
         self.streak = self.streak + 1 if replies == self._replies_at_last else 1
         self._replies_at_last = replies
         self.total += 1
-        if self.streak >= self.limit:
-            raise StageStopped(
+        if self.streak >= self.limit and self.stopped is None:
+            self.stopped = StageStopped(
                 f"{self.stage} stopped after {self.streak} executor failures in a row "
                 f"(finished runs are kept; fix the cause and rerun the same command to resume): {error}"
             )
+
+    def raise_if_stopped(self) -> None:
+        if self.stopped is not None:
+            raise self.stopped
 
 
 async def run_admitted(
@@ -61,11 +67,12 @@ async def run_admitted(
     """Run ``work(item)`` for every item, at most ``slots`` at a time.
 
     An item whose work fails with an infrastructure error is queued again (and counts
-    towards ``streak``); any other exception, or StageStopped, cancels the rest."""
+    towards ``streak``). Once the streak stops the stage, no item starts and the ones in
+    flight finish before StageStopped is raised; any other exception cancels the rest."""
     pending = collections.deque(items)
 
     async def worker() -> None:
-        while pending:
+        while pending and streak.stopped is None:
             item = pending.popleft()
             try:
                 await work(item)
@@ -79,6 +86,7 @@ async def run_admitted(
                 group.create_task(worker())
     except BaseExceptionGroup as errors:
         raise _first_cause(errors) from None
+    streak.raise_if_stopped()
 
 
 async def gather_all(coros: Iterable[Awaitable[T]]) -> list[T]:
@@ -96,7 +104,7 @@ async def _awaited(awaitable: Awaitable[T]) -> T:
 
 
 def _first_cause(errors: BaseExceptionGroup) -> BaseException:
-    """The exception to report from a task group: a StageStopped first, else the first one."""
+    """The exception to report from a task group: a ScoreFlowError first, else the first one."""
     flat: list[BaseException] = []
     stack: list[BaseException] = [errors]
     while stack:
@@ -105,4 +113,4 @@ def _first_cause(errors: BaseExceptionGroup) -> BaseException:
             stack[:0] = list(error.exceptions)
         else:
             flat.append(error)
-    return next((e for e in flat if isinstance(e, StageStopped)), flat[0])
+    return next((e for e in flat if isinstance(e, ScoreFlowError)), flat[0])

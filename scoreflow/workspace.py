@@ -27,16 +27,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from scoreflow.config import Config, canonical_base_url, to_dict
+from scoreflow.config import Config, to_dict
 from scoreflow.errors import ScoreFlowError
 from scoreflow.jsonio import JsonlLog, atomic_write_json, read_json
 
 MANIFEST_VERSION = 1
-OPENAI_BASE_URL = "https://api.openai.com/v1"
 
-# Config keys that may change between a run and its resumption without
-# changing what the records mean (speed and robustness knobs only).
+# Config keys that may change between a run and its resumption without changing what
+# the records mean: speed and robustness knobs, and where the executor is reached (its
+# URL and key variable; the model, which decides the replies, is not among them).
 RESUMABLE_CHANGES = (
+    "executor.base_url",
+    "executor.api_key_env",
     "executor.concurrency",
     "executor.request_timeout_s",
     "executor.max_retries",
@@ -167,7 +169,8 @@ class Workspace:
                 f"({self.manifest_path(stage)}); pass --force to redo it"
             )
         else:
-            _check_resumable(manifest.get("config", {}), snapshot, self.manifest_path(stage))
+            if self._has_records(spec):  # nothing recorded yet: any setting may still change
+                _check_resumable(manifest.get("config", {}), snapshot, self.manifest_path(stage))
             manifest["resumed_at"] = [*manifest.get("resumed_at", []), _now()]
             manifest["config"] = snapshot
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +185,11 @@ class Workspace:
             else:
                 target.unlink(missing_ok=True)
         self.manifest_path(spec.name).unlink(missing_ok=True)
+
+    def _has_records(self, spec: StageSpec) -> bool:
+        """Whether an unfinished stage has written anything (a record, a folder) yet."""
+        return any(self.path(r).is_dir() or (self.path(r).exists() and self.path(r).stat().st_size > 0)
+                   for r in spec.outputs)
 
     def _refuse_stray_outputs(self, spec: StageSpec) -> None:
         stray = [str(self.path(r)) for r in spec.outputs if self.path(r).exists()]
@@ -298,17 +306,7 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], manifest: Path) -
 def _meaningful_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Config keys that differ, except speed knobs. A key a newer code version added is
     read at its default in an older snapshot, so upgrading does not orphan a workspace."""
-    old, new = _canonical(_with_defaults(old, to_dict(Config()))), _canonical(new)
-    return [k for k in _diff(old, new, "") if not k.startswith(RESUMABLE_CHANGES)]
-
-
-def _canonical(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """A snapshot with equivalent spellings made equal (the executor's base URL)."""
-    executor = snapshot.get("executor")
-    if not isinstance(executor, dict):
-        return snapshot
-    url = executor.get("base_url") or OPENAI_BASE_URL  # null means the OpenAI API
-    return {**snapshot, "executor": {**executor, "base_url": canonical_base_url(str(url))}}
+    return [k for k in _diff(_with_defaults(old, to_dict(Config())), new, "") if not k.startswith(RESUMABLE_CHANGES)]
 
 
 def _with_defaults(snapshot: Any, defaults: Any) -> Any:

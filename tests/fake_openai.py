@@ -51,6 +51,7 @@ class Fault:
     status: int = 500
     retry_after: str | None = None  # Retry-After header value
     delay_s: float = 0.0  # "slow": sleep this long, then answer normally
+    message: str | None = None  # "status": the error message in the body (default: a generic one)
 
 
 Responder = Callable[[dict], "Reply | Fault | str"]
@@ -89,6 +90,7 @@ class FakeOpenAIServer:
         fault_rate: float = 0.0,
         fault_kinds: Sequence[Fault] = (),
         seed: int = 0,
+        port: int = 0,
     ) -> None:
         if fault_rate > 0 and not fault_kinds:
             raise ValueError("fault_rate > 0 needs at least one Fault in fault_kinds")
@@ -97,9 +99,12 @@ class FakeOpenAIServer:
         self.fault_rate = fault_rate
         self.fault_kinds = list(fault_kinds)
         self.url = ""
+        self.port = port  # 0: an ephemeral port (bind the same port again to "restart" a server)
         self.requests: list[dict] = []  # every request body, in arrival order
         self.request_headers: list[dict[str, str]] = []  # their headers (lower-case names)
         self.in_flight = 0  # requests received and not yet answered
+        self.answered = 0  # requests answered with a completion (what a paid API would charge)
+        self.not_found: list[str] = []  # paths of requests to a route this server does not serve
         self.max_in_flight = 0  # the most ever in flight at once
         self._rng = random.Random(seed)
         self._script: collections.deque[Reply | Fault | str] = collections.deque()
@@ -166,9 +171,10 @@ class FakeOpenAIServer:
 
     async def _serve(self) -> None:
         self._stopped = asyncio.get_running_loop().create_future()
-        server = await asyncio.start_server(self._connection, "127.0.0.1", 0, backlog=1024, limit=_MAX_HEADER)
-        port = server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/v1"
+        server = await asyncio.start_server(self._connection, "127.0.0.1", self.port, backlog=1024,
+                                            limit=_MAX_HEADER, reuse_address=True)
+        self.port = server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
         self._ready.set()
         try:
             await self._stopped
@@ -238,8 +244,11 @@ class FakeOpenAIServer:
                       headers: dict[str, str], raw: bytes) -> bool:
         """Answer one request; False when the connection must be dropped."""
         close = headers.get("connection", "").lower() == "close"
-        if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
-            await self._send(writer, 404, _error_body(f"no route {method} {path}", "not_found"), close=close)
+        if method != "POST" or path.rstrip("/") != "/v1/chat/completions":
+            # as vLLM (FastAPI) answers a route it does not serve
+            with self._lock:
+                self.not_found.append(path)
+            await self._send(writer, 404, json.dumps({"detail": "Not Found"}).encode(), close=close)
             return not close
         try:
             body = json.loads(raw)
@@ -280,7 +289,7 @@ class FakeOpenAIServer:
         await _sleep(self.delay_s)
         if item.kind == "status":
             extra = {"Retry-After": item.retry_after} if item.retry_after is not None else {}
-            message = f"scripted failure (HTTP {item.status})"
+            message = item.message if item.message is not None else f"scripted failure (HTTP {item.status})"
             await self._send(writer, item.status, _error_body(message, "server_error"), close=close, extra=extra)
         elif item.kind == "slow":
             await _sleep(item.delay_s)
@@ -305,6 +314,7 @@ class FakeOpenAIServer:
         with self._lock:
             self._count += 1
             number = self._count
+            self.answered += reply is not None
         out: dict[str, Any] = {
             "id": f"chatcmpl-fake-{number}",
             "object": "chat.completion",

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS replies (
     text TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    work_s REAL NOT NULL DEFAULT 0
 ) WITHOUT ROWID
 """
 
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS replies (
 class CachedReply:
     text: str
     usage: Usage
+    work_s: float = 0.0  # what the call counted on its run's clock (charged again when replayed)
 
 
 class ReplyCache:
@@ -60,6 +62,9 @@ class ReplyCache:
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.execute(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(replies)")}
+        if "work_s" not in columns:  # a cache written before the column existed
+            self._conn.execute("ALTER TABLE replies ADD COLUMN work_s REAL NOT NULL DEFAULT 0")
 
     @staticmethod
     def key(backend: str, model: str, messages: list[Message], params: SamplingParams, salt: str) -> str:
@@ -83,19 +88,19 @@ class ReplyCache:
     def get(self, key: str) -> CachedReply | None:
         with self._lock:
             row = self._conn.execute(
-                "SELECT text, prompt_tokens, completion_tokens FROM replies WHERE key = ?", (key,)
+                "SELECT text, prompt_tokens, completion_tokens, work_s FROM replies WHERE key = ?", (key,)
             ).fetchone()
         if row is None:
             return None
-        return CachedReply(row[0], Usage(row[1], row[2]))
+        return CachedReply(row[0], Usage(row[1], row[2]), row[3])
 
-    def put(self, key: str, text: str, usage: Usage) -> None:
+    def put(self, key: str, text: str, usage: Usage, work_s: float = 0.0) -> None:
         """Store (or overwrite) one reply; committed when this returns."""
         with self._lock:
             self._conn.execute(
-                "INSERT OR REPLACE INTO replies (key, text, prompt_tokens, completion_tokens, created)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (key, text, usage.prompt_tokens, usage.completion_tokens, time.time()),
+                "INSERT OR REPLACE INTO replies (key, text, prompt_tokens, completion_tokens, created, work_s)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key, text, usage.prompt_tokens, usage.completion_tokens, time.time(), work_s),
             )
 
     def __len__(self) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from scoreflow.errors import ScoreFlowError
+from scoreflow.runclock import current_clock
 
 if TYPE_CHECKING:
     from scoreflow.config import ModelPrice
@@ -266,6 +267,7 @@ class ChatClient(ABC):
         )
         if cut:
             self.meter.truncated_requests += 1
+        clock = current_clock()
         cacheable = self.cache is not None and params.temperature == 0.0
         key = self.cache.key(self.backend, self.model, messages, params, cache_salt) if cacheable else ""
         if cacheable:
@@ -273,8 +275,11 @@ class ChatClient(ABC):
             if hit is not None:
                 self.meter.record(self.model, hit.usage, cached=True)
                 _tally(hit.usage, cut)
+                if clock is not None:  # a replayed run spends the time the call took, as before
+                    clock.charge(hit.work_s)
                 return ChatReply(hit.text, hit.usage, 0.0, cached=True, truncated_chars=cut)
         start = time.perf_counter()
+        worked = clock.used_s() if clock is not None else 0.0
         try:
             done = await self._complete(messages, params)
         except ExecutorError:
@@ -284,7 +289,8 @@ class ChatClient(ABC):
             self.meter.truncated_requests += int(not cut)
         reply = ChatReply(done.text, done.usage, time.perf_counter() - start, truncated_chars=cut)
         if cacheable:
-            self.cache.put(key, reply.text, reply.usage)
+            worked = clock.used_s() - worked if clock is not None else 0.0
+            self.cache.put(key, reply.text, reply.usage, work_s=worked)
         self.meter.record(self.model, done.usage, cached=False)
         _tally(done.usage, cut)
         return reply
