@@ -108,26 +108,22 @@ def _parse_outcome(source: str) -> ast.Module | _Failure:
         return _Failure(None)
 
 
-def _cache_key(source: str) -> str:
-    """``s`` and ``s + "\\n"`` parse alike (same verdict and blamed line) unless ``s``
-    already ends in a newline, so they share one cache entry."""
-    if source.endswith("\n") and not source.endswith("\n\n"):
-        return source[:-1]
-    return source
-
-
-def _twin(source: str) -> str:
-    """The spelling of ``source`` with (or without) one final newline that parses alike."""
-    key = _cache_key(source)
-    return key if key != source else source + "\n"
+def _newline_twin(source: str) -> str | None:
+    """``source + "\\n"`` when that parses exactly alike (same tree, or a failure
+    blamed on the same line within ``source``): when ``source`` lacks a final
+    newline, which the tokenizer then supplies. A reply and its first window are
+    such twins, so one parse serves both."""
+    return None if source.endswith("\n") else source + "\n"
 
 
 class _Session:
     """One call's parse cache and work budget.
 
-    Every parse is charged ``len(source) + _COST_PER_PARSE`` and every line the
-    cut-point scanner reads its length; once the budget is spent nothing more is
-    parsed, and the searches return what they found so far.
+    Every parse is charged ``len(source) + _COST_PER_PARSE`` (a failed parse
+    too: an unclosed bracket makes the parser read to the end, whatever line it
+    blames) and every line the cut-point scan reads ``len(line) + 1``; once the
+    budget is spent nothing more is parsed and the searches return what they
+    found so far.
     """
 
     def __init__(self, text_length: int) -> None:
@@ -149,26 +145,28 @@ class _Session:
 
     def parse(self, source: str) -> ast.Module | _Failure | None:
         """The tree or the failure; None once the budget is spent."""
-        key = _cache_key(source)
-        if key not in self._trees:
+        twin = _newline_twin(source)
+        if source not in self._trees and twin is not None and twin in self._trees:
+            return self._trees[twin]
+        if source not in self._trees:
             if not self.spend(len(source) + _COST_PER_PARSE):
                 return None
-            self._trees[key] = _parse_outcome(source)
-        return self._trees[key]
+            self._trees[source] = _parse_outcome(source)
+        return self._trees[source]
 
     def module(self, source: str) -> _Module | None:
         """``source`` split into top-level units; None if it does not parse (or no budget)."""
-        if source in self._modules:
-            return self._modules[source]
-        twin = _twin(source)
-        if twin in self._modules and _cache_key(twin) == _cache_key(source):
-            known = self._modules[twin]  # the whole reply and its first window, typically
-            module = None if known is None else replace(known, source=source, definitions={})
-        else:
-            tree = self.parse(source)
-            module = _build_module(source, tree) if isinstance(tree, ast.Module) else None
-        self._modules[source] = module
-        return module
+        if source not in self._modules:
+            self._modules[source] = self._new_module(source)
+        return self._modules[source]
+
+    def _new_module(self, source: str) -> _Module | None:
+        twin = _newline_twin(source)
+        if twin is not None and twin in self._modules:
+            known = self._modules[twin]
+            return None if known is None else replace(known, source=source, definitions={})
+        tree = self.parse(source)
+        return _build_module(source, tree) if isinstance(tree, ast.Module) else None
 
 
 # ------------------------------------------------------------- cut points
@@ -308,10 +306,11 @@ class _Scan:
 class _Scans:
     """The scans of one list of lines, shared between the searches that start in it.
 
-    A scan that reached line ``i`` in a clean state (nothing open, a logical line
-    beginning there) says of every prefix ``lines[i:k]`` what a scan from ``i``
-    would, so a search from such a code-start line reuses it instead of
-    scanning the same lines again.
+    A scan that reached line ``i`` with nothing open, where ``i`` starts a
+    statement at the margin, says of every prefix ``lines[i:k]`` what a scan
+    from ``i`` would (a margin statement closes every open ``try`` and replaces
+    the last logical line), so a search from such a code-start line reuses it
+    instead of scanning the same lines again.
     """
 
     def __init__(self, lines: list[str], session: _Session) -> None:
@@ -321,8 +320,9 @@ class _Scans:
 
     def from_line(self, start: int) -> _Scan:
         """A scan that judges the prefixes starting at ``start``."""
+        at_margin = start < len(self.lines) and self.lines[start][:1] not in ("", " ", "\t", "\f", "#")
         for scan in (self._newest, self._furthest):
-            if scan is not None and scan.begins_clean(start):
+            if at_margin and scan is not None and scan.begins_clean(start):
                 return scan
         scan = _Scan(self.lines, start, self.session)
         if self._newest is not None and (self._furthest is None or self._newest.reached > self._furthest.reached):
@@ -487,9 +487,10 @@ def _assigned_names(node: ast.stmt) -> set[str] | None:
     names: set[str] = set()
     for target in targets:
         elts = target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]
-        if not all(isinstance(elt, ast.Name) for elt in elts):
+        ids = [elt.id for elt in elts if isinstance(elt, ast.Name)]
+        if len(ids) != len(elts):
             return None
-        names.update(elt.id for elt in elts)  # type: ignore[union-attr]
+        names.update(ids)
     return names
 
 
@@ -521,7 +522,10 @@ def _segment(lines: list[str], node: ast.stmt, shares_line: bool) -> str:
 
 
 def _classify(node: ast.stmt, lines: list[str], shares_line: bool) -> _Unit | None:
-    text = _segment(lines, node, shares_line)
+    try:
+        text = _segment(lines, node, shares_line)
+    except RecursionError:  # ast.unparse of an absurdly deep expression: treat it as demo code
+        return None
     imported = _import_binds(node)
     if imported is not None:
         return _Unit(node, text, imported, None, True)
@@ -536,19 +540,16 @@ def _classify(node: ast.stmt, lines: list[str], shares_line: bool) -> _Unit | No
     return None  # prints, example calls, tests, __main__ blocks ...
 
 
-def _build_module(source: str, tree: ast.Module) -> _Module | None:
-    """Top-level units of a parsed source; None for a tree too deep to unparse."""
-    lines = source.splitlines()  # once: slicing it per statement was quadratic
+def _build_module(source: str, tree: ast.Module) -> _Module:
+    """A parsed source split into its top-level units."""
+    lines = source.splitlines()  # once: splitting it again per statement was quadratic
     body = tree.body
     units = []
     for i, node in enumerate(body):
         prev_end = body[i - 1].end_lineno if i else None
         next_start = body[i + 1].lineno if i + 1 < len(body) else None
         shares = node.lineno == prev_end or node.end_lineno == next_start
-        try:
-            unit = _classify(node, lines, shares)
-        except RecursionError:
-            return None
+        unit = _classify(node, lines, shares)
         if unit is not None:
             units.append(unit)
     return _Module(source, units)
@@ -682,12 +683,14 @@ def sanitize(text: str, entry_point: str) -> str:
     wrapper. If the entry point is nowhere, returns the best parsable code
     unchanged so the hidden test fails naturally.
 
-    This runs on the event loop that thousands of workflow runs share, and
-    replies can be long and hostile, so the work is linear in ``len(text)`` by
-    construction: ast.parse may be handed at most ``6 * len(text) + 100_000``
-    characters in all (each call also costs 16), the cut-point scan included.
-    When that is spent the search stops and the best candidate found so far
-    is used. Ordinary replies need a small fraction of it.
+    This runs on the event loop that thousands of workflow runs share, and a
+    reply can be 200,000 hostile characters, so the work is linear in
+    ``len(text)`` by construction: one budget of ``6 * len(text) + 100_000``
+    characters pays for every character handed to ast.parse (plus 16 a call)
+    and every line the cut-point scan reads. Once it is spent the search stops
+    and the best candidate found so far is used. Ordinary replies use a few
+    percent of it; only a long reply with dozens of prose-separated unfenced
+    snippets could run out before the last window.
     """
     text = _clean(text)
     session = _Session(len(text))

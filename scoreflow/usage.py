@@ -23,7 +23,7 @@ from typing import Any
 from scoreflow.config import Config
 from scoreflow.executor.client import Usage, UsageMeter
 
-SESSION_SAVE_S = 5.0
+SESSION_SAVE_S = 2.0
 _SUMMED = ("calls", "cache_hits", "cache_misses", "failures", "prompt_tokens", "completion_tokens", "total_tokens",
            "cached_tokens", "truncated_requests")
 

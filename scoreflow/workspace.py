@@ -174,8 +174,7 @@ class Workspace:
             manifest["resumed_at"] = [*manifest.get("resumed_at", []), _now()]
             manifest["config"] = snapshot
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.manifest_path(stage), manifest)
-        return StageRun(self, spec, manifest)
+        return StageRun(self, spec, manifest)  # writes the manifest, with this session in it
 
     def _remove_outputs(self, spec: StageSpec) -> None:
         for relative in spec.outputs:
@@ -212,6 +211,7 @@ class StageRun:
         self._session: dict[str, Any] = {"started_at": _now()}
         manifest.setdefault("sessions", []).append(self._session)
         self._saved_at = time.monotonic()
+        self._write()
 
     @property
     def resumed(self) -> bool:

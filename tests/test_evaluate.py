@@ -160,6 +160,11 @@ def test_killed_run_resumes_to_identical_records_without_repeating_calls(tmp_pat
         after_resume = len(server.requests) - before_resume
     assert after_resume == total_requests - cached  # only calls never answered are asked again
     assert scores_of(tmp_path / "ws") == scores_of(tmp_path / "ref")
+    usage = {name: read_json(tmp_path / name / "HumanEval" / "epoch_0" / "evaluate.manifest.json")["usage"]["executor"]
+             for name in ("ref", "ws")}
+    work = ("calls", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd")
+    assert {k: usage["ws"][k] for k in work} == {k: usage["ref"][k] for k in work}  # the same work, however run
+    assert usage["ws"]["paid"]["sessions"] == 2
     ref_pairs = read_jsonl(tmp_path / "ref" / "HumanEval" / "epoch_0" / "preferences.jsonl")
     assert read_jsonl(tmp_path / "ws" / "HumanEval" / "epoch_0" / "preferences.jsonl") == ref_pairs
 
