@@ -146,3 +146,46 @@ def test_epoch_one_samples_with_the_previous_adapter(tmp_path, data_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     records = read_jsonl(tmp_path / "HumanEval" / "epoch_1" / "workflows.jsonl")
     assert len(records) == 4 and all(r["valid"] for r in records)
+
+
+def test_a_trial_the_executor_failed_is_not_a_rejected_workflow():
+    """A dead executor raises out of the trial (it says nothing about the workflow); checks
+    repeat while it fails, and the failure streak ends them with a verdict never recorded."""
+    from scoreflow.executor.client import ExecutorUnavailable, UsageMeter
+    from scoreflow.scheduling import FailureStreak
+
+    bench = get_benchmark("GSM8K")
+    with FakeOpenAIServer() as server:
+        url = server.url  # closed once the block ends: connections are refused
+
+    async def go():
+        client = OpenAIChatClient("m", base_url=url, max_retries=0)
+        validator = WorkflowValidator(bench, client, None, load_config())
+        try:
+            with pytest.raises(ExecutorUnavailable, match="connection refused"):
+                await validator.check(GOOD_MATH)
+            streak = FailureStreak(2, UsageMeter(), "GSM8K epoch 0 generate")
+            verdict = await validator.check_until_answered(GOOD_MATH, streak)
+            return verdict, streak
+        finally:
+            await client.aclose()
+
+    verdict, streak = asyncio.run(go())
+    assert not verdict.valid and verdict.reason == "executor: stopped"
+    assert streak.total == 2 and "connection refused" in str(streak.stopped)
+
+
+@pytest.mark.slow
+def test_generate_stops_when_the_executor_is_down_and_records_nothing(tmp_path, data_dir):
+    with FakeOpenAIServer() as server:
+        url = server.url  # nothing listens there any more
+    sets = tiny(tmp_path, data_dir, "generation.grammar=true", "executor.backend=openai", "executor.model=m",
+                f"executor.base_url={url}", "executor.max_retries=0", "generation.max_problems=1")
+    done = generate("--epoch", "0", *sets)
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "connection refused" in errors[0] and url in errors[0]
+    workflows = tmp_path / "HumanEval" / "epoch_0" / "workflows.jsonl"
+    assert not workflows.exists() or workflows.read_text() == ""  # no workflow "rejected" for the server's fault
+    manifest = read_json(tmp_path / "HumanEval" / "epoch_0" / "generate.manifest.json")
+    assert manifest["status"] == "running" and "connection refused" in manifest["sessions"][-1]["stopped"]

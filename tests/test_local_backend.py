@@ -297,3 +297,34 @@ def test_load_causal_lm_with_an_adapter(converted: Path, tmp_path: Path) -> None
     assert isinstance(model, PeftModel) and not model.training
     enc = tokenizer(["Hi"], return_tensors="pt")
     assert model.generate(**enc, max_new_tokens=2, min_new_tokens=2, do_sample=False).shape[1] == enc["input_ids"].shape[1] + 2
+
+
+def test_a_prompt_longer_than_the_context_is_cut_and_counted(client: LocalChatClient, monkeypatch) -> None:
+    """The prompt's middle is cut so that prompt + reply fit the model's context (here set to
+    300 tokens); the reply still comes, and the cut is counted."""
+    monkeypatch.setattr(client, "context_tokens", lambda: 300)
+    long_prompt = "Question: what colour is the sky? " + "Some unrelated filler text. " * 400 + "Answer in one word."
+    done = asyncio.run(client._complete(user(long_prompt), SamplingParams(0.0, 8)))
+    assert done.truncated_tokens > 1000 and done.usage.prompt_tokens <= 300 - 8
+    before = client.meter.truncated_requests
+    asyncio.run(client.chat(user(long_prompt + " "), max_tokens=8))
+    assert client.meter.truncated_requests == before + 1
+
+
+def test_a_run_is_charged_its_share_of_a_batch_not_the_queue(client: LocalChatClient) -> None:
+    """Eight concurrent calls in one batch: each run's clock counts a share of the batch's
+    time (about an eighth), not the whole wait."""
+    from scoreflow.runclock import RunClock, _CURRENT
+
+    async def one(i: int) -> float:
+        clock = RunClock(600.0)
+        _CURRENT.set(clock)  # this task's own context
+        start = time.monotonic()
+        await client.chat(user(f"Name a colour ({i})."), max_tokens=12)
+        return clock.used_s() / (time.monotonic() - start)
+
+    async def main() -> list[float]:
+        return await asyncio.gather(*(one(i) for i in range(8)))
+
+    shares = asyncio.run(main())
+    assert sum(shares) == pytest.approx(1.0, abs=0.35) and max(shares) < 0.5
