@@ -120,6 +120,7 @@ class EvaluationConfig:
     vali_num: int = _num(3, 1)  # runs per workflow; its score is their mean
     max_run_retries: int = _num(5, 0)  # a raising or timed-out run is retried this often
     runs_in_flight: int | None = _num(None, 1)  # runs admitted at once; None: from the concurrency (runs_admitted)
+    limit_clock: Literal["work", "wall"] = "work"  # what a time limit counts; wall: queueing too (the original)
     max_requests_per_attempt: int = _num(50, 1)  # executor requests one attempt of a workflow may send
     max_requests_per_run: int = _num(100, 1)  # requests of all attempts of one scoring run together
     max_infra_failures: int = _num(3, 1)  # executor failures in a row (no run finishing between) that stop a stage

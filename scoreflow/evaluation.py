@@ -173,9 +173,9 @@ class EvaluateStage:
         """(output, error, final): ``final`` when another attempt would only repeat this one."""
         limit = self.benchmark.workflow_time_limit_s
         try:
-            return await run_with_limit(checked, context, limit), None, False
-        except WorkflowTimeout:
-            return "", f"timeout: no result within {limit:g} s of the workflow's own time", False
+            return await run_with_limit(checked, context, limit, clock=self.config.evaluation.limit_clock), None, False
+        except WorkflowTimeout as exc:
+            return "", f"timeout: {exc}", False
         except INFRASTRUCTURE:
             raise
         except RequestRefused as exc:

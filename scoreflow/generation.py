@@ -108,9 +108,9 @@ class WorkflowValidator:
             cache_salt="trial", max_requests=self.config.evaluation.max_requests_per_attempt,
         )
         try:
-            await run_with_limit(checked, context, bench.trial_time_limit_s)
-        except WorkflowTimeout:
-            return f"trial: no result within {bench.trial_time_limit_s:g} s of the workflow's own time"
+            await run_with_limit(checked, context, bench.trial_time_limit_s, clock=self.config.evaluation.limit_clock)
+        except WorkflowTimeout as exc:
+            return f"trial: {exc}"
         except INFRASTRUCTURE:
             raise
         except RequestRefused as exc:

@@ -55,10 +55,11 @@ class _Outstanding:
 class RunClock:
     """Work time of one run: wall time since admission minus time spent queued."""
 
-    def __init__(self, limit_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limit_s: float, *, clock: Callable[[], float] = time.monotonic, wall: bool = False) -> None:
         if not limit_s > 0:
             raise ValueError(f"a time limit must be positive (got {limit_s})")
         self.limit_s = float(limit_s)
+        self.wall = wall  # count queueing too: wall time since admission (the original's wait_for)
         self._now = clock
         self._started = clock()
         self._queued_s = 0.0
@@ -76,7 +77,7 @@ class RunClock:
 
     @property
     def paused(self) -> bool:
-        return self._waiting >= self._branches
+        return not self.wall and self._waiting >= self._branches
 
     def used_s(self) -> float:
         """Seconds of the run's own work so far."""
@@ -116,6 +117,8 @@ class RunClock:
 
     def charge(self, seconds: float) -> None:
         """Count work done for this run while it was marked as queued (its share of a batch)."""
+        if self.wall:
+            return  # the wall clock counted that time already
         self._charged_s += max(0.0, seconds)
         if not self.paused:
             self._arm()
@@ -189,13 +192,16 @@ def queued() -> Iterator[None]:
         yield
 
 
-async def run_timed(work: Callable[[], Awaitable[T]], limit_s: float, *, on_stall: Callable[[str], BaseException]) -> T:
-    """Await ``work()`` under a fresh clock with ``limit_s`` seconds of its own work.
+async def run_timed(
+    work: Callable[[], Awaitable[T]], limit_s: float, *, on_stall: Callable[[str], BaseException], wall: bool = False
+) -> T:
+    """Await ``work()`` under a fresh clock with ``limit_s`` seconds of its own work
+    (``wall``: of wall time since now, queueing included, as the original counts).
 
     Raises :class:`WorkflowTimeout` when the work runs out of time, or ``on_stall(reason)``
     when the limit ran out while a request had gone unanswered by a silent executor.
     """
-    clock = RunClock(limit_s)
+    clock = RunClock(limit_s, wall=wall)
     token = _CURRENT.set(clock)
     try:
         task = asyncio.ensure_future(work())  # the task copies the context, clock included
@@ -209,7 +215,8 @@ async def run_timed(work: Callable[[], Awaitable[T]], limit_s: float, *, on_stal
         if clock.expired and (current is None or current.cancelling() == 0):
             if clock.stall:
                 raise on_stall(clock.stall) from None
-            raise WorkflowTimeout(f"no result within {limit_s:g} s of the workflow's own time") from None
+            kind = "wall time" if wall else "the workflow's own time"
+            raise WorkflowTimeout(f"no result within {limit_s:g} s of {kind}") from None
         raise
     finally:
         clock._disarm()

@@ -1030,9 +1030,12 @@ class CheckedWorkflow:
         return ""
 
 
-async def run_with_limit(workflow: CheckedWorkflow, context: OperatorContext, time_limit_s: float) -> str:
+async def run_with_limit(
+    workflow: CheckedWorkflow, context: OperatorContext, time_limit_s: float, *, clock: str = "work"
+) -> str:
     """Run a workflow with ``time_limit_s`` seconds of its own work (``runclock``: waits for
-    executor slots and sandbox workers do not count). Raises ``WorkflowTimeout`` (a
-    TimeoutError) when the limit is spent, ``ExecutorUnavailable`` when it was spent
-    waiting on an executor that answered nothing meanwhile."""
-    return await run_timed(lambda: workflow.run(context), time_limit_s, on_stall=ExecutorUnavailable)
+    executor slots and sandbox workers do not count; ``clock="wall"``: they do). Raises
+    ``WorkflowTimeout`` (a TimeoutError) when the limit is spent, ``ExecutorUnavailable``
+    when it was spent waiting on an executor that answered nothing meanwhile."""
+    return await run_timed(lambda: workflow.run(context), time_limit_s, on_stall=ExecutorUnavailable,
+                           wall=clock == "wall")

@@ -78,6 +78,17 @@ def test_limit_counts_work_only() -> None:
     assert time.perf_counter() - start >= 0.7
 
 
+def test_the_wall_clock_switch_counts_queueing_as_the_original_does() -> None:
+    async def work() -> str:
+        with queued():
+            await asyncio.sleep(0.5)
+        return "done"
+
+    assert asyncio.run(run_timed(work, 0.3, on_stall=stall)) == "done"
+    with pytest.raises(WorkflowTimeout, match="of wall time"):
+        asyncio.run(run_timed(work, 0.3, on_stall=stall, wall=True))
+
+
 def test_over_the_limit_is_cancelled_at_the_limit() -> None:
     cancelled = []
 
