@@ -24,7 +24,8 @@ import string
 from collections import Counter
 from collections.abc import Callable
 
-_PUNCTUATION = frozenset(string.punctuation)
+_DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_DROP_PUNCTUATION_BUT_PIPE = str.maketrans("", "", string.punctuation.replace("|", ""))
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NUMBER = re.compile(r"[-+]?\d+(?:,\d{3})*(?:\.\d+)?|\d+\.\d+")
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -43,10 +44,17 @@ def normalize_answer(text: str) -> str:
     The order matters (it is AFlow's): punctuation goes before the article
     rule, so "the." becomes "the" and is then removed as an article.
     """
-    lowered = text.lower()
-    no_punct = "".join(ch for ch in lowered if ch not in _PUNCTUATION)
+    no_punct = text.lower().translate(_DROP_PUNCTUATION)
     no_articles = _ARTICLES.sub(" ", no_punct)
     return " ".join(no_articles.split())
+
+
+def _f1(shared: int, predicted: int, gold: int) -> float:
+    if shared == 0:
+        return 0.0
+    precision = shared / predicted
+    recall = shared / gold
+    return 2 * precision * recall / (precision + recall)
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -57,11 +65,18 @@ def token_f1(prediction: str, reference: str) -> float:
     pred_tokens = normalize_answer(prediction).split()
     ref_tokens = normalize_answer(reference).split()
     shared = sum((Counter(pred_tokens) & Counter(ref_tokens)).values())
-    if shared == 0:
-        return 0.0
-    precision = shared / len(pred_tokens)
-    recall = shared / len(ref_tokens)
-    return 2 * precision * recall / (precision + recall)
+    return _f1(shared, len(pred_tokens), len(ref_tokens))
+
+
+def _pipe_parts_tokens(text: str) -> list[list[str]]:
+    """``normalize_answer(part).split()`` for each ``|``-separated part, in one pass.
+
+    Normalising the whole text with ``|`` kept is the same as normalising each
+    part: ``|`` is neither cased nor a word character, so case mapping and the
+    article rule's word boundaries do not see across it.
+    """
+    no_punct = text.lower().translate(_DROP_PUNCTUATION_BUT_PIPE)
+    return [part.split() for part in _ARTICLES.sub(" ", no_punct).split("|")]
 
 
 def drop_f1(prediction: str, reference: str) -> float:
@@ -70,11 +85,36 @@ def drop_f1(prediction: str, reference: str) -> float:
     DROP gold answers are alternatives joined by ``|``; a prediction may list
     several answers the same way. Blank alternatives are ignored; with none
     left the score is 0.0.
+
+    A hostile prediction may have 100,000 parts, so each side is normalised
+    once, repeated parts are scored once, and a part is compared only with the
+    alternatives it shares a token with (the others score 0.0): the work is
+    linear in the prediction for a given gold answer.
     """
-    alternatives = [alt for alt in reference.split("|") if alt.strip()]
-    parts = prediction.split("|")
-    scores = [token_f1(part, alt) for alt in alternatives for part in parts]
-    return max(scores, default=0.0)
+    kept = "|".join(alt for alt in reference.split("|") if alt.strip())
+    if not kept:
+        return 0.0
+    gold = [Counter(tokens) for tokens in _pipe_parts_tokens(kept)]
+    gold_sizes = [sum(counts.values()) for counts in gold]
+    holders: dict[str, list[int]] = {}  # token -> the alternatives holding it
+    for index, counts in enumerate(gold):
+        for token in counts:
+            holders.setdefault(token, []).append(index)
+    best = 0.0
+    distinct_parts = {" ".join(tokens): tokens for tokens in _pipe_parts_tokens(prediction)}
+    for tokens in distinct_parts.values():
+        for index, overlap in _overlaps(tokens, gold, holders).items():
+            best = max(best, _f1(overlap, len(tokens), gold_sizes[index]))
+    return best
+
+
+def _overlaps(tokens: list[str], gold: list[Counter[str]], holders: dict[str, list[int]]) -> dict[int, int]:
+    """Shared token count with each alternative that shares any."""
+    shared: dict[int, int] = {}
+    for token, count in Counter(t for t in tokens if t in holders).items():
+        for index in holders[token]:
+            shared[index] = shared.get(index, 0) + min(count, gold[index][token])
+    return shared
 
 
 # ----------------------------------------------------------------------- GSM8K

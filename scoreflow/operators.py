@@ -174,7 +174,7 @@ def solution_letter(text: str, count: int) -> int | None:
     tagged = parse_fields(text, ("solution_letter",)).get("solution_letter")
     patterns = [rf"^\W*([{letters}])\W*$"] if tagged is not None else [
         rf"^\W*([{letters}])\W*$",
-        rf"(?i:solution|letter|answer)\s*(?:is|:)?\s*\(?([{letters}])\b",
+        rf"(?i:solution|letter|answer)\s*(?:(?:is|:)\s*)?\(?([{letters}])\b",  # one blank run: linear
     ]
     for pattern in patterns:
         match = re.search(pattern, (tagged if tagged is not None else text).strip(), re.IGNORECASE if tagged else 0)
@@ -384,9 +384,9 @@ def failure_details(output: str) -> str:
         if line.startswith(marker):
             try:
                 failures = json.loads(line[len(marker) :])
-            except json.JSONDecodeError:
+                return "\n".join(f"Failed: {test} -> {error}" for test, error in failures)
+            except (ValueError, TypeError, RecursionError):  # the program printed something else there
                 break
-            return "\n".join(f"Failed: {test} -> {error}" for test, error in failures)
     return output.strip()[-1000:]
 
 

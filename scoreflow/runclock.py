@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 _CURRENT: ContextVar[RunClock | None] = ContextVar("scoreflow_run_clock", default=None)
 STALL_FRACTION = 0.5  # a request out for this part of the limit, with no reply from anywhere, is a stall
+STALL_MIN_S = 2.0  # ... and for at least this long (sub-second limits are for tests, not for stalls)
 
 
 class WorkflowTimeout(TimeoutError):
@@ -171,7 +172,7 @@ class RunClock:
         now = self._now()
         for out in self._outstanding.values():
             waited = now - out.sent_at
-            if waited >= STALL_FRACTION * self.limit_s and out.last_reply_at() < out.sent_at:
+            if waited >= max(STALL_MIN_S, STALL_FRACTION * self.limit_s) and out.last_reply_at() < out.sent_at:
                 return f"{out.endpoint}: no reply to any request for {waited:.0f} s"
         return ""
 

@@ -139,7 +139,7 @@ def _is_self_attr(node: ast.AST) -> bool:
 
 _GRAPH_OPEN = re.compile(r"<graph>", re.IGNORECASE)
 _GRAPH_CLOSE = re.compile(r"</graph>", re.IGNORECASE)
-_FENCE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"```[ \t]*(?:(?:python|py)[ \t]*)?\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)  # no nested optional blanks: linear
 
 
 def extract_graph(text: str) -> str | None:

@@ -226,3 +226,29 @@ def test_defines_function() -> None:
     assert not defines_function("def g():\n    def f():\n        pass", "f")
     assert not defines_function("def f(:", "f")
     assert not defines_function("print('f')", "f")
+
+
+# ------------------------------------------------------- degenerate input
+
+
+def test_sanitize_empty_and_blank_text() -> None:
+    assert sanitize("", "f") == ""
+    assert sanitize("\n\n", "f") == "\n\n"
+
+
+def test_sanitize_survives_expressions_too_deep_for_the_parser() -> None:
+    # The parser gives up (MemoryError / RecursionError); that line is simply unparsable.
+    text = "def f():\n    return 1\n\nx = " + "-" * 5_000 + "1\n"
+    assert _load(sanitize(text, "f"))["f"]() == 1
+    assert not defines_function("x = " + "-" * 5_000 + "1", "x")
+
+
+def test_sanitize_survives_statement_too_deep_to_unparse() -> None:
+    # Parses, but ast.unparse (used for statements sharing a line) recurses too deep.
+    text = "def f():\n    return 1\n\nx = " + "-" * 1_000 + "1; y = 2\n"
+    assert _load(sanitize(text, "f"))["f"]() == 1
+
+
+def test_sanitize_cuts_a_long_continuation_tail_at_once() -> None:
+    text = "def f(x):\n    return x + 1\n\ny = 1 + \\\n" + "    1 + \\\n" * 5_000
+    assert sanitize(text, "f") == "def f(x):\n    return x + 1\n"

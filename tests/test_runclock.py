@@ -159,10 +159,12 @@ def test_backoff_after_a_429_does_not_count() -> None:
 
 
 def test_a_stalled_executor_is_not_the_workflows_timeout() -> None:
-    with FakeOpenAIServer(lambda body: Reply("late", delay_s=5.0)) as server:
+    """Nothing answers for the whole 3-s limit: the executor stalled (a short limit alone, or
+    replies arriving meanwhile, would make it the workflow's timeout)."""
+    with FakeOpenAIServer(lambda body: Reply("late", delay_s=6.0)) as server:
         client = OpenAIChatClient("m", base_url=server.url, request_timeout_s=30, max_retries=0)
-        with pytest.raises(ExecutorUnavailable, match="no reply to any request for"):
-            asyncio.run(run_many(client, 1, 0.5))
+        with pytest.raises(ExecutorUnavailable, match="no reply to any request for 3 s"):
+            asyncio.run(run_many(client, 1, 3.0))
 
 
 def test_a_slow_workflow_stops_at_its_limit_and_its_request_is_cancelled() -> None:
