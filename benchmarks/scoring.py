@@ -220,8 +220,8 @@ def math_equal_fast(prediction: str, reference: str) -> bool | None:
         return True
     a, b = parse_number(prediction), parse_number(reference)
     if a is not None and b is not None:
-        if not (math.isfinite(a) and math.isfinite(b)):
-            return None  # beyond float range (400 digits read as inf): the symbolic check is exact
+        if math.isinf(a) and math.isinf(b):
+            return None  # both beyond float range (400 digits read as inf): the symbolic check is exact
         return math.isclose(a, b, abs_tol=_MATH_TOLERANCE)
     return None
 

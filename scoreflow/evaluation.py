@@ -22,7 +22,6 @@ usage is the same whether it ran in one session or several.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from scoreflow.operators import OperatorContext, RequestCapExceeded, make_operat
 from scoreflow.preferences import ScoredWorkflow, TemplateFilter, build_preferences, mean_scores
 from scoreflow.runclock import WorkflowTimeout
 from scoreflow.sandbox import Sandbox
-from scoreflow.scheduling import INFRASTRUCTURE, FailureStreak, StageStopped, run_admitted
+from scoreflow.scheduling import INFRASTRUCTURE, FailureStreak, run_admitted, run_session
 from scoreflow.usage import SESSION_SAVE_S, stage_usage, usage_line, warn_if_unpriced
 from scoreflow.workflow import CheckedWorkflow, check_workflow, run_with_limit
 from scoreflow.workspace import Workspace
@@ -98,14 +97,7 @@ class EvaluateStage:
         client = make_client(self.config, cache_path=self.workspace.path("cache.sqlite"))
         warn_if_unpriced(self.config)
         started = time.perf_counter()
-        try:
-            asyncio.run(self._score_all(todo, client, log, stage))
-        except StageStopped as stopped:
-            stage.stop(str(stopped), client.meter.snapshot())
-            raise
-        except BaseException:
-            stage.save_session(client.meter.snapshot())
-            raise
+        run_session(stage, self._score_all(todo, client, log, stage), client.meter)
         order = {pid: i for i, pid in enumerate(problems)}
         records = sorted(log.read(), key=lambda r: (order[r["problem_id"]], r["sample"], r["run"]))
         log.rewrite(records)
@@ -117,9 +109,12 @@ class EvaluateStage:
 
     # ------------------------------------------------------------ scoring runs
 
-    async def _score_all(self, todo: list[tuple[RunKey, dict[str, Any], Problem]], client: ChatClient, log: Any, stage: Any) -> None:
+    async def _score_all(
+        self, todo: list[tuple[RunKey, dict[str, Any], Problem]], client: ChatClient, log: Any, stage: Any
+    ) -> None:
         sandbox = make_operator_sandbox(self.benchmark, self.config.sandbox)
-        streak = FailureStreak(self.config.evaluation.max_infra_failures, client.meter, f"{self.workspace.dataset} epoch {self.workspace.epoch} {self.stage}")
+        where = f"{self.workspace.dataset} epoch {self.workspace.epoch} {self.stage}"
+        streak = FailureStreak(self.config.evaluation.max_infra_failures, client.meter, where)
         checked: dict[tuple[str, int], CheckedWorkflow] = {}
         try:
             with tqdm(total=len(todo), desc=f"evaluate {self.workspace.dataset}", unit="run") as bar:
@@ -153,7 +148,7 @@ class EvaluateStage:
             for attempt in range(settings.max_run_retries + 1):
                 budget = min(settings.max_requests_per_attempt, settings.max_requests_per_run - tally.requests)
                 if budget <= 0:
-                    errors.append(f"request budget: the run's {settings.max_requests_per_run} executor requests are spent")
+                    errors.append(f"request budget: the run's {settings.max_requests_per_run} requests are spent")
                     break
                 context = OperatorContext(
                     client, self.benchmark, problem, sandbox=sandbox, settings=self.config.operators,
@@ -169,7 +164,9 @@ class EvaluateStage:
         return run_record(key, score=0.0, output="", answer="", detail="failed", attempts=len(errors), errors=errors,
                           calls=calls, usage=tally.as_record())
 
-    async def _attempt(self, checked: CheckedWorkflow, context: OperatorContext, client: ChatClient) -> tuple[str, str | None, bool]:
+    async def _attempt(
+        self, checked: CheckedWorkflow, context: OperatorContext, client: ChatClient
+    ) -> tuple[str, str | None, bool]:
         """(output, error, final): ``final`` when another attempt would only repeat this one."""
         limit = self.benchmark.workflow_time_limit_s
         try:

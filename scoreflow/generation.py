@@ -33,7 +33,7 @@ from scoreflow.prompts import generator_prompt
 from scoreflow.sampling import SampleRequest, Sampler, make_sampler
 from scoreflow.runclock import WorkflowTimeout
 from scoreflow.sandbox import Sandbox
-from scoreflow.scheduling import INFRASTRUCTURE, FailureStreak, StageStopped, gather_all
+from scoreflow.scheduling import INFRASTRUCTURE, FailureStreak, gather_all, run_session
 from scoreflow.usage import stage_usage, usage_line, warn_if_unpriced
 from scoreflow.workflow import WorkflowRejected, body_similarity, check_workflow, extract_graph, run_with_limit
 from scoreflow.workspace import StageRun, Workspace
@@ -166,15 +166,8 @@ class GenerateStage:
         client = make_client(self.config, cache_path=self.workspace.path("cache.sqlite"))
         warn_if_unpriced(self.config)
         started = time.perf_counter()
-        try:
-            if pending:
-                asyncio.run(self._generate(pending, run, client, adapter))
-        except StageStopped as stopped:
-            run.stop(str(stopped), client.meter.snapshot())
-            raise
-        except BaseException:
-            run.save_session(client.meter.snapshot())
-            raise
+        if pending:
+            run_session(run, self._generate(pending, run, client, adapter), client.meter)
         order = {p.id: i for i, p in enumerate(problems)}
         records = sorted(log.read(), key=lambda r: (order.get(r["problem_id"], len(order)), r["sample"]))
         log.rewrite(records)

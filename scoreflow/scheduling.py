@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 from scoreflow.errors import ScoreFlowError
 from scoreflow.executor.client import ExecutorUnavailable, UsageMeter
@@ -87,6 +87,19 @@ async def run_admitted(
     except BaseExceptionGroup as errors:
         raise _first_cause(errors) from None
     streak.raise_if_stopped()
+
+
+def run_session(stage: Any, main: Coroutine[Any, Any, None], meter: UsageMeter) -> None:
+    """``asyncio.run(main)`` for a stage (a ``StageRun``); when it stops or is interrupted,
+    the manifest keeps what this session used, and why it stopped."""
+    try:
+        asyncio.run(main)
+    except StageStopped as stopped:
+        stage.stop(str(stopped), meter.snapshot())
+        raise
+    except BaseException:
+        stage.save_session(meter.snapshot())
+        raise
 
 
 async def gather_all(coros: Iterable[Awaitable[T]]) -> list[T]:
