@@ -19,8 +19,9 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def make_parser(description: str, *, dataset: bool = True) -> argparse.ArgumentParser:
-    """A parser with the options every ScoreFlow command takes."""
+def make_parser(description: str, *, dataset: bool = True, dataset_required: bool = True) -> argparse.ArgumentParser:
+    """A parser with the options every ScoreFlow command takes (``dataset_required=False``:
+    the command can infer the dataset, as optimize.py does from the workspace)."""
     parser = _Parser(description=description)
     parser.add_argument("--config", default=None, help="YAML config file (defaults: the paper's setting)")
     parser.add_argument(
@@ -32,7 +33,7 @@ def make_parser(description: str, *, dataset: bool = True) -> argparse.ArgumentP
         help="override one config value, e.g. --set generation.k=4 (repeatable)",
     )
     if dataset:
-        parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
+        parser.add_argument("--dataset", required=dataset_required, help=f"one of: {', '.join(DATASETS)}")
     return parser
 
 

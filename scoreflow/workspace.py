@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from scoreflow.config import Config, to_dict
+from scoreflow.config import DATASETS, Config, to_dict
 from scoreflow.errors import ScoreFlowError
 from scoreflow.jsonio import JsonlLog, atomic_write_json, read_json
 
@@ -272,6 +272,24 @@ class StageRun:
         )
         atomic_write_json(self.workspace.manifest_path(self.spec.name), self.manifest)
         return self.manifest
+
+
+def datasets_with_finished(root: str | Path, stage: str, epoch: int) -> list[str]:
+    """The datasets whose epoch ``epoch`` has a finished ``stage`` under the workspace ``root``."""
+    return [d for d in DATASETS if Workspace(root, d, epoch).is_complete(stage)]
+
+
+def infer_dataset(root: str | Path, stage: str, epoch: int, command: str) -> str:
+    """The one dataset with a finished ``stage`` at ``epoch`` (the seed README's
+    ``optimize.py --epoch=i`` names no dataset); else a one-line error listing them."""
+    found = datasets_with_finished(root, stage, epoch)
+    if len(found) == 1:
+        return found[0]
+    where = f"{root}/<dataset>/epoch_{epoch}"
+    if not found:
+        raise ScoreFlowError(f"{command}: no dataset has a finished {stage} stage in {where}; pass --dataset")
+    raise ScoreFlowError(f"{command}: several datasets have a finished {stage} stage in {where} "
+                         f"({', '.join(found)}); pass --dataset")
 
 
 def _spec(stage: str) -> StageSpec:

@@ -164,3 +164,34 @@ def test_smollm2_run_through_accelerate_launch(tmp_path: Path, smollm2_tokenizer
     assert all(w.abs().max() > 0 for k, w in weights.items() if "lora_B" in k)  # trained away from B = 0
     assert not any(p.name.startswith(".adapter.partial") for p in target.dir.iterdir())
     json.dumps(manifest)  # the manifest stays plain JSON
+
+
+# ------------------------------------------------------------------ the seed README's command forms
+
+
+def seed_form(tmp_path: Path, epoch: int) -> list[str]:
+    """``optimize.py --epoch=i`` as the seed README writes it: no --dataset."""
+    args = [f"--epoch={epoch}"]
+    for item in settings(tmp_path):
+        args += ["--set", item]
+    return args
+
+
+def test_the_dataset_is_inferred_from_the_one_with_that_epochs_pairs(tmp_path: Path) -> None:
+    with pytest.raises(ScoreFlowError, match=r"no dataset has a finished evaluate stage in .*epoch_0; pass --dataset"):
+        optimize.main(seed_form(tmp_path, 0))
+    config = load_config(None, settings(tmp_path))
+    evaluated_epoch(config, 0, [])
+    with pytest.raises(ScoreFlowError, match="no preference pairs"):  # HumanEval was found and its pairs read
+        optimize.main(seed_form(tmp_path, 0))
+    other = Workspace.from_config(config, "MBPP", 0).start("evaluate", config)
+    other.finish()
+    with pytest.raises(ScoreFlowError, match=r"several datasets .* \(HumanEval, MBPP\); pass --dataset"):
+        optimize.main(seed_form(tmp_path, 0))
+
+
+def test_generate_and_evaluate_take_the_seed_readmes_equals_form() -> None:
+    from scoreflow.cli import make_stage_parser
+
+    args = make_stage_parser("x").parse_args(["--dataset=HumanEval", "--task=optimize", "--epoch=0"])
+    assert (args.dataset, args.task, args.epoch) == ("HumanEval", "optimize", 0)
