@@ -118,6 +118,7 @@ class EvaluationConfig:
     """Scoring runs (SPEC sections 1 and 2)."""
 
     vali_num: int = _num(3, 1)  # runs per workflow; its score is their mean
+    inference_runs: int | None = _num(None, 1)  # runs per test workflow; None: vali_num (the original)
     max_run_retries: int = _num(5, 0)  # a raising or timed-out run is retried this often
     runs_in_flight: int | None = _num(None, 1)  # runs admitted at once; None: from the concurrency (runs_admitted)
     limit_clock: Literal["work", "wall"] = "work"  # what a time limit counts; wall: queueing too (the original)
@@ -134,6 +135,15 @@ def runs_admitted(config: Config) -> int:
     if explicit is not None:
         return explicit
     return math.ceil(1.25 * config.executor.concurrency) + config.sandbox.workers
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Benchmark rules where the original's behaviour and ours differ (docs/fidelity.md)."""
+
+    math_boxed: Literal["original", "balanced"] = "original"  # which \\boxed{} is the answer (original: its regex, any depth)
+    judge_verdict: Literal["exact", "last_digit"] = "exact"  # exact: the stripped reply must be "1" (the original)
+    public_tests: Literal["original", "matched"] = "original"  # Test operator's asserts: the original's lookup, or ours
 
 
 @dataclass(frozen=True)
@@ -207,6 +217,7 @@ class Config:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     operators: OperatorConfig = field(default_factory=OperatorConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
