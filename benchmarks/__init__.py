@@ -24,10 +24,10 @@ def benchmark_class(name: str) -> type[Benchmark]:
 
 
 def get_benchmark(name: str, config: Config | None = None) -> Benchmark:
-    """A ready benchmark with the dataset's settings and the sandbox settings of ``config``."""
+    """A ready benchmark with the dataset's settings and the sandbox and scoring settings of ``config``."""
     cls = benchmark_class(name)
     config = config or Config()
-    return cls(config.dataset(name), config.sandbox)
+    return cls(config.dataset(name), config.sandbox, scoring=config.scoring)
 
 
 __all__ = ["BENCHMARKS", "SPLITS", "Benchmark", "Problem", "Score", "Split", "benchmark_class", "get_benchmark"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from scoreflow.config import DatasetSettings
+from scoreflow.config import DatasetSettings, ScoringConfig
 from scoreflow.errors import ScoreFlowError
 from scoreflow.jsonio import read_jsonl
 from scoreflow.sandbox import Sandbox, SandboxSettings
@@ -68,15 +68,19 @@ class Benchmark(ABC):
     template_workflow: ClassVar[str]
     banned_substrings: ClassVar[tuple[str, ...]] = BANNED_EVERYWHERE
     public_test_key: ClassVar[str] = ""  # public-test file field that names the problem
+    judged: ClassVar[bool] = False  # inference also asks the judge (MATH, DROP, HotpotQA; the paper reports it)
 
     def __init__(
         self,
         settings: DatasetSettings | None = None,
         sandbox_settings: SandboxSettings | None = None,
         sandbox: Sandbox | None = None,
+        *,
+        scoring: ScoringConfig | None = None,
     ) -> None:
         self.settings = settings or DatasetSettings()
         self.sandbox_settings = sandbox_settings or SandboxSettings()
+        self.scoring = scoring or ScoringConfig()
         self._sandbox = sandbox
 
     # ------------------------------------------------------------ data
@@ -167,9 +171,21 @@ class Benchmark(ABC):
         """A score decided without asking the judge (HotpotQA's length rule)."""
         return None
 
+    def verdict(self, reply: str) -> float:
+        """The judge's reply as a score, read as ``scoring.judge_verdict`` says."""
+        if self.scoring.judge_verdict == "exact":
+            return self.exact_verdict(reply)
+        return self.parse_judgement(reply)
+
+    @staticmethod
+    def exact_verdict(reply: str) -> float:
+        """1.0 only if the stripped reply is exactly "1"; "0" and anything else is 0.0 (the original)."""
+        return 1.0 if reply.strip() == "1" else 0.0
+
     @staticmethod
     def parse_judgement(reply: str) -> float:
-        """1.0 if the judge's reply ends in a verdict of 1, else 0.0."""
+        """The lenient reading (``judge_verdict: last_digit``): 1.0 if the reply's last
+        standalone 0/1 is 1, else 0.0; for executors that explain before the verdict."""
         verdicts = re.findall(r"(?<![\d.])([01])(?![\d.])", reply)
         return 1.0 if verdicts and verdicts[-1] == "1" else 0.0
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from benchmarks import scoring
 from benchmarks.base import Problem, Score
-from benchmarks.families import JUDGE_PROMPT, MathBenchmark
+from benchmarks.families import MathBenchmark, judge_prompt_text
 from scoreflow.sandbox import Sandbox
 
 
@@ -21,6 +21,7 @@ class MATH(MathBenchmark):
     id_field = ""  # records carry no id: a hash of the problem text names them
     split_sizes = {"validate": 119, "test": 486}
     extraction_rule = "Reply with the final answer only, written as \\boxed{answer}."
+    judged = True
 
     @classmethod
     def hashed_text(cls, record: dict[str, Any]) -> str:
@@ -39,9 +40,13 @@ class MATH(MathBenchmark):
             extra={"type": record.get("type", ""), "level": record.get("level", "")},
         )
 
+    def answer_of(self, text: str) -> str:
+        """The boxed answer (else the last sentence), read as ``scoring.math_boxed`` says."""
+        return scoring.math_answer(text, self.scoring.math_boxed)
+
     async def score(self, problem: Problem, output: str) -> Score:
-        predicted = scoring.math_answer(output)
-        reference = scoring.math_answer(problem.answer)
+        predicted = self.answer_of(output)
+        reference = self.answer_of(problem.answer)
         equal = scoring.math_equal_fast(predicted, reference)
         if equal is not None:
             return Score(float(equal), predicted, "exact" if equal else "different")
@@ -53,8 +58,9 @@ class MATH(MathBenchmark):
         return Score(float(equal), predicted, detail)
 
     def judge_prompt(self, problem: Problem, output: str) -> str | None:
-        reference = scoring.math_answer(problem.answer)
-        return JUDGE_PROMPT.format(question=problem.question, reference=reference, candidate=output)
+        """The judge compares boxed contents, of the extracted output and of the reference
+        solution, as the original's judge does."""
+        return judge_prompt_text(problem.question, self.answer_of(problem.answer), self.answer_of(output))
 
     def _make_sandbox(self) -> Sandbox:
         return Sandbox(self.sandbox_settings, site_packages=True, preload=SYMPY_MODULES)

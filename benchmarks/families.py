@@ -8,7 +8,7 @@ around scoring (section 2) and the scoring path itself. Prompt wording is ours.
 from __future__ import annotations
 
 import ast
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from benchmarks import scoring
 from benchmarks.base import Benchmark, Problem, Score
@@ -28,20 +28,30 @@ def template(operator_attr: str, operator_class: str, call: str) -> str:
     )
 
 
-JUDGE_PROMPT = """You are grading an answer against a reference.
+JUDGE_RULE = (
+    "Decide whether the candidate answer means the same as the reference answer; ignore formatting, "
+    "wording and units that do not change the value. Reply with one character and nothing else: "
+    "1 if it is correct, 0 if it is not."
+)
 
-Question:
-{question}
 
-Reference answer:
-{reference}
+def judge_prompt_text(
+    question: str, reference: str, candidate: str, *, source: tuple[str, str] | None = None,
+    reference_label: str = "Reference answer",
+) -> str:
+    """The judge's request in the original's order: question, reference, candidate, then
+    (QA) the text the question is about, with the rule not to answer it oneself; a bare
+    1/0 is asked for, since only a reply of exactly "1" counts (``scoring.judge_verdict``).
 
-Candidate answer:
-{candidate}
-
-Decide whether the candidate answer means the same as the reference answer; ignore \
-formatting, wording and units that do not change the value. Reply with a single digit: \
-1 if it is correct, 0 if it is not."""
+    ``source``: (label, text) of the passage or context a QA question is about."""
+    parts = ["You are grading an answer against a reference.", f"Question:\n{question}", f"{reference_label}:\n{reference}"]
+    if source is None:
+        parts.append(f"Candidate answer:\n{candidate}")
+    else:
+        label, text = source
+        parts.append(f"Candidate answer (grade it only; do not answer the question yourself):\n{candidate}")
+        parts.append(f"The {label} the question is about, for reference:\n{text.strip()}")
+    return "\n\n".join([*parts, JUDGE_RULE])
 
 
 # ---------------------------------------------------------------- code
@@ -67,6 +77,10 @@ class CodeBenchmark(Benchmark):
     def required_fields(cls) -> tuple[str, ...]:
         return ("prompt", "entry_point", "test")
 
+    # Entry points whose public tests the original's Test operator skips (it returns the
+    # solution unchanged): its hard-coded list of names shared by several problems.
+    no_public_tests: ClassVar[frozenset[str]] = frozenset()
+
     def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:
         return Problem(
             id=str(record[self.id_field]),
@@ -75,7 +89,10 @@ class CodeBenchmark(Benchmark):
             answer=record.get(self.answer_field, ""),
             entry_point=record["entry_point"],
             test=record["test"],
-            public_tests=select_public_tests(record["entry_point"], record["test"], public_tests),
+            public_tests=select_public_tests(
+                record["entry_point"], record["test"], public_tests,
+                choice=self.scoring.public_tests, skipped=self.no_public_tests,
+            ),
         )
 
     def check_call(self, problem: Problem) -> str:
@@ -120,7 +137,24 @@ class CodeBenchmark(Benchmark):
         return Score(1.0 if result.passed else 0.0, solution, f"{result.status}: {result.message}")
 
 
-def select_public_tests(entry_point: str, hidden_test: str, public: dict[str, list[list[str]]]) -> tuple[str, ...]:
+def select_public_tests(
+    entry_point: str, hidden_test: str, public: dict[str, list[list[str]]], *,
+    choice: Literal["original", "matched"] = "original", skipped: frozenset[str] = frozenset(),
+) -> tuple[str, ...]:
+    """The public asserts the Test operator runs for a problem (``scoring.public_tests``).
+
+    ``original``: as the original's lookup, none for an entry point on its skip list
+    (``skipped``), else the first public-test record with this entry point, else none
+    (where the original finds none its Test operator raises, failing the run; here it
+    returns the solution unchanged). ``matched``: ours, :func:`matching_public_tests`.
+    """
+    if choice == "matched":
+        return matching_public_tests(entry_point, hidden_test, public)
+    candidates = [] if entry_point in skipped else public.get(entry_point, [])
+    return tuple(candidates[0]) if candidates else ()
+
+
+def matching_public_tests(entry_point: str, hidden_test: str, public: dict[str, list[list[str]]]) -> tuple[str, ...]:
     """The public asserts of this problem: those for its entry point that its hidden tests also make.
 
     Several MBPP problems share an entry-point name, so the name alone can pick
@@ -177,9 +211,16 @@ class MathBenchmark(Benchmark):
 
 
 class QABenchmark(Benchmark):
-    """DROP and HotpotQA: an answer phrase scored by token F1 against the reference."""
+    """DROP and HotpotQA: an answer phrase scored by token F1 against the reference.
+
+    Operators get the question framed as the original frames it (:func:`qa_input`);
+    the generator and the extraction call see the question only; the judge also
+    sees the passage or context."""
 
     family = "qa"
+    judged = True
+    source_label: ClassVar[str]  # what the question is about: "passage" (DROP) or "context"
+    reference_label: ClassVar[str] = "Reference answer"
     operators = ("Custom", "AnswerGenerate", "ScEnsemble", "Review")
     template_workflow = template("answer_generate", "AnswerGenerate", "")
 
@@ -192,7 +233,10 @@ class QABenchmark(Benchmark):
         )
 
     def judge_prompt(self, problem: Problem, output: str) -> str | None:
-        return JUDGE_PROMPT.format(question=problem.question, reference=self.judge_reference(problem), candidate=output)
+        return judge_prompt_text(
+            problem.question, self.judge_reference(problem), output,
+            source=(self.source_label, problem.extra.get("source", "")), reference_label=self.reference_label,
+        )
 
     def judge_reference(self, problem: Problem) -> str:
         return problem.answer
@@ -206,6 +250,16 @@ class QABenchmark(Benchmark):
 
 
 TRIAL_QUESTION = "A is 1, B is 2, what is A + B?"
+
+
+def qa_input(question: str, label: str, text: str) -> str:
+    """A QA problem as operators receive it, in the original's structure and order: a
+    sentence asking for a step-by-step solution, the question, a sentence introducing
+    the passage or context, then that text (our wording; the original's blank lines)."""
+    return (
+        f"\nSolve this question-answering problem step by step. Question: {question}"
+        f"\nAnswer it from the {label} below. {label.capitalize()}:\n{text}\n\n"
+    )
 
 
 def f1_score(value: float, prediction: str) -> Score:

@@ -6,7 +6,7 @@ from typing import Any
 
 from benchmarks import scoring
 from benchmarks.base import Problem, Score
-from benchmarks.families import QABenchmark, f1_score
+from benchmarks.families import QABenchmark, f1_score, qa_input
 
 # At inference the judge is skipped (score 0) when the output is this many times
 # longer or shorter than the answer (SPEC section 2).
@@ -18,17 +18,20 @@ class HotpotQA(QABenchmark):
     file_stem = "hotpotqa"
     id_field = "_id"
     split_sizes = {"validate": 200, "test": 800}
+    source_label = "context"
 
     @classmethod
     def required_fields(cls) -> tuple[str, ...]:
         return ("_id", "question", "context", "answer")
 
     def to_problem(self, record: dict[str, Any], public_tests: dict[str, list[list[str]]]) -> Problem:
+        context = context_text(record["context"])
         return Problem(
             id=str(record["_id"]),
             question=record["question"],
-            input=format_input(record["question"], record["context"]),
+            input=qa_input(record["question"], "context", context),
             answer=record["answer"],
+            extra={"source": context},
         )
 
     async def score(self, problem: Problem, output: str) -> Score:
@@ -49,7 +52,6 @@ class HotpotQA(QABenchmark):
         }
 
 
-def format_input(question: str, context: list[Any]) -> str:
-    """The paragraphs as ``title: sentences`` lines, then the question."""
-    paragraphs = [f"{title}: {''.join(sentences)}" for title, sentences in context]
-    return "Context:\n" + "\n".join(paragraphs) + f"\n\nQuestion: {question}\n\nAnswer:"
+def context_text(context: list[Any]) -> str:
+    """The paragraphs as ``title: sentences`` lines, each ending in a newline (the original's text)."""
+    return "".join(f"{title}: {''.join(sentences)}\n" for title, sentences in context)

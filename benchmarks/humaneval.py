@@ -22,6 +22,10 @@ class HumanEval(CodeBenchmark):
     id_field = "task_id"
     answer_field = "canonical_solution"
     split_sizes = {"validate": 33, "test": 131}
+    no_public_tests = frozenset({  # the original's skip list (names that several problems share)
+        "find_zero", "decode_cyclic", "decode_shift", "by_length", "add",
+        "triangle_area", "correct_bracketing", "solve", "sum_squares", "starts_one_ends",
+    })
 
     def check_call(self, problem: Problem) -> str:
         return f"check({problem.entry_point})"

@@ -14,6 +14,10 @@ class MBPP(CodeBenchmark):
     id_field = "task_id"
     answer_field = "code"
     split_sizes = {"validate": 86, "test": 341}
+    no_public_tests = frozenset({  # the original's skip list (names that several problems share)
+        "remove_odd", "replace_spaces", "snake_to_camel", "Split",
+        "swap_List", "square_Sum", "sort_sublists", "unique_sublists",
+    })
 
     def check_call(self, problem: Problem) -> str:
         return "check()"

@@ -10,9 +10,11 @@ Per dataset (SPEC section 2):
 
 - DROP: :func:`drop_f1` (max token F1 over ``|``-joined gold alternatives).
 - HotpotQA: :func:`token_f1` is the HotpotQA scorer (no alias on purpose).
-- GSM8K: :func:`gsm8k_score` (last number in the output, within 1e-6).
-- MATH: :func:`math_answer` extracts the answer; :func:`math_equal_fast` settles
-  the easy cases; otherwise run :func:`symbolic_check_program` in the sandbox
+- GSM8K: :func:`gsm8k_score` (last number of the output and of the gold answer,
+  within 1e-6).
+- MATH: :func:`math_answer` extracts the answer (``boxed`` chooses the original's
+  reading of ``\\boxed{}`` or ours, ``scoring.math_boxed``); :func:`math_equal_fast`
+  settles the easy cases; otherwise run :func:`symbolic_check_program` in the sandbox
   (or use :func:`math_equal` with a runner that does).
 """
 
@@ -23,15 +25,19 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable
+from typing import Literal
 
 _DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _DROP_PUNCTUATION_BUT_PIPE = str.maketrans("", "", string.punctuation.replace("|", ""))
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NUMBER = re.compile(r"[-+]?\d+(?:,\d{3})*(?:\.\d+)?|\d+\.\d+")
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOXED_EXACT = re.compile(r"\\boxed\{")
 _SENTENCE_END = re.compile(r"(?<!\d)[.!?]\s+")
 _GSM8K_TOLERANCE = 1e-6
 _MATH_TOLERANCE = 1e-3
+_MATH_RELATIVE_TOLERANCE = 1e-9  # math.isclose's default, which the original's checks keep
+BoxedReading = Literal["original", "balanced"]
 SYMBOLIC_MARKER = "SYMBOLIC_EQUAL:"
 
 
@@ -133,11 +139,14 @@ def last_number(text: str) -> float | None:
 
 
 def gsm8k_score(prediction: str, answer: str | float) -> tuple[float, float | None]:
-    """(1.0 if the last number is within 1e-6 of the answer else 0.0, the number)."""
+    """(1.0 if the last number is within 1e-6 of the answer else 0.0, the number).
+
+    The gold answer is read with the same last-number rule, as the original reads it
+    (``$1,200`` is 1200); a gold answer without a number scores every output 0."""
     extracted = last_number(prediction)
-    if extracted is None:
-        return 0.0, None
-    gold = float(str(answer).replace(",", "")) if isinstance(answer, str) else float(answer)
+    gold = float(answer) if isinstance(answer, (int, float)) else last_number(str(answer))
+    if extracted is None or gold is None:
+        return 0.0, extracted
     return (1.0 if abs(extracted - gold) <= _GSM8K_TOLERANCE else 0.0), extracted
 
 
@@ -180,15 +189,51 @@ def last_boxed(text: str) -> str | None:
     return None if end is None else text[start:end]
 
 
-def math_answer(text: str) -> str:
+def last_boxed_original(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` as the original's regex finds them, at any depth.
+
+    The original scans left to right for the exact ``\\boxed{`` (no ``\\fbox``, no
+    blank before the brace), skips a box that never closes, resumes after each
+    match (so a box inside a matched box is part of its content, not a match), and
+    counts every brace, escaped or not. Its regex allows one level of nested braces
+    and so cannot read answers like ``\\frac{\\sqrt{3}}{2}``; here braces nest to
+    any depth (SPEC: "nested braces allowed"). Linear: each brace's partner is
+    found once.
+    """
+    partners = _brace_partners(text)
+    found, resume = None, 0
+    for match in _BOXED_EXACT.finditer(text):
+        close = partners.get(match.end() - 1)
+        if match.start() < resume or close is None:
+            continue
+        found, resume = text[match.end() : close], close + 1
+    return found
+
+
+def _brace_partners(text: str) -> dict[int, int]:
+    """Index of each ``{`` that closes -> index of its ``}`` (every brace counts)."""
+    partners: dict[int, int] = {}
+    open_braces: list[int] = []
+    for index, char in enumerate(text):
+        if char == "{":
+            open_braces.append(index)
+        elif char == "}" and open_braces:
+            partners[open_braces.pop()] = index
+    return partners
+
+
+def math_answer(text: str, boxed: BoxedReading = "original") -> str:
     """The boxed answer if any, else the last sentence ("" if there is none).
 
+    ``boxed``: ``original`` reads boxes as the original does (:func:`last_boxed_original`);
+    ``balanced`` takes the last ``\\boxed``/``\\fbox`` opening, blanks allowed before its
+    brace, escaped braces ignored, and none if it never closes (:func:`last_boxed`).
     Sentences end at ``.``/``!``/``?`` plus whitespace, but not after a digit,
     so "3.5" and "5. Next" stay whole.
     """
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed.strip()
+    boxed_text = last_boxed_original(text) if boxed == "original" else last_boxed(text)
+    if boxed_text is not None:
+        return boxed_text.strip()
     sentences = [part.strip() for part in _SENTENCE_END.split(text)]
     sentences = [part for part in sentences if part]
     return sentences[-1] if sentences else ""
@@ -212,9 +257,12 @@ def parse_number(text: str) -> float | None:
 
 
 def math_equal_fast(prediction: str, reference: str) -> bool | None:
-    """Equality without sympy: identical strings or numbers within 1e-3.
+    """Equality without sympy: identical strings, or numbers ``math.isclose`` within
+    1e-3 absolute or 1e-9 relative (the original's check).
 
-    None means "undecided here, run the symbolic check".
+    None means "undecided here, run the symbolic check". Unlike the original, two
+    numbers too long for a float (both ``inf``) are left to the exact symbolic check
+    rather than called equal.
     """
     if prediction == reference:
         return True
@@ -222,13 +270,14 @@ def math_equal_fast(prediction: str, reference: str) -> bool | None:
     if a is not None and b is not None:
         if math.isinf(a) and math.isinf(b):
             return None  # both beyond float range (400 digits read as inf): the symbolic check is exact
-        return math.isclose(a, b, abs_tol=_MATH_TOLERANCE)
+        return math.isclose(a, b, rel_tol=_MATH_RELATIVE_TOLERANCE, abs_tol=_MATH_TOLERANCE)
     return None
 
 
 _SYMBOLIC_BODY = r'''
 import contextlib
 import io
+import math
 import re
 import signal
 import sys
@@ -289,23 +338,17 @@ def safe_namespace(sympy):
 
 
 def parse_plain(text, sympy):
+    """sympy's expression parser with its standard transformations (the original's
+    parse_expr), over sympy's names only; text that could reach Python is refused."""
     if UNSAFE.search(text):
         return None
-    from sympy.parsing.sympy_parser import (
-        convert_xor,
-        implicit_multiplication_application,
-        parse_expr,
-        standard_transformations,
-    )
-    steps = standard_transformations + (implicit_multiplication_application, convert_xor)
-    return parse_expr(text, global_dict=safe_namespace(sympy), local_dict={}, transformations=steps)
+    from sympy.parsing.sympy_parser import parse_expr, standard_transformations
+    return parse_expr(text, global_dict=safe_namespace(sympy), local_dict={}, transformations=standard_transformations)
 
 
 def parse(text, sympy, latex):
-    """LaTeX first for LaTeX-looking text, else plain first ("pi" is not p*i)."""
-    plain = lambda s: parse_plain(s, sympy)
-    parsers = [latex, plain] if ("\\" in text or "{" in text) else [plain, latex]
-    for parser in parsers:
+    """The LaTeX parser first, then the plain one, as the original tries them."""
+    for parser in (latex, lambda s: parse_plain(s, sympy)):
         if parser is None:
             continue
         try:
@@ -331,8 +374,8 @@ def equal(a, b, sympy):
             return True
     except Exception:
         pass
-    try:
-        return limited(lambda: bool(abs(sympy.N(a) - sympy.N(b)) <= 1e-3))
+    try:  # math.isclose as the original: relative 1e-9 or absolute 1e-3
+        return limited(lambda: math.isclose(sympy.N(a), sympy.N(b), rel_tol=1e-9, abs_tol=1e-3))
     except Exception:
         return False
 
@@ -366,7 +409,12 @@ def symbolic_check_program(prediction: str, reference: str) -> str:
     the project's sandbox, never in-process. The strings are embedded as
     ``repr`` literals (never formatted into code). The program prints exactly
     one line, ``SYMBOLIC_EQUAL: 1`` or ``SYMBOLIC_EQUAL: 0``, and exits 0.
-    LaTeX parsing needs ``antlr4-python3-runtime==4.11`` (or ``lark``);
+    As the original: each answer is read by the LaTeX parser, else by sympy's
+    expression parser (standard transformations); equal if ``simplify(a - b) == 0``
+    or the values are ``math.isclose`` (relative 1e-9, absolute 1e-3). Unlike the
+    original, an answer neither parser reads is never equal (the original hands
+    the raw text to ``sympify``, i.e. to ``eval``), each step has a 10 s alarm, and
+    the LaTeX pi symbol is sympy's pi. LaTeX parsing needs ``antlr4-python3-runtime==4.11`` (or ``lark``);
     without either it still tries sympy's plain-expression parser.
     """
     header = f"PREDICTION = {prediction!r}\nREFERENCE = {reference!r}\n"

@@ -8,7 +8,13 @@ times and then scores 0 with the reasons recorded; a run whose request was refus
 the server, or that hit its request cap, is not retried (it would send the same again).
 QA and math outputs go through the executor's extraction call before the benchmark's
 scorer; at inference MATH, DROP and HotpotQA also get the judge's verdict (both scores
-are reported).
+are reported; the paper's numbers for those three are the judge's). An extraction,
+judge or scoring step that raises scores that run 0 (that score; extraction: both),
+with the reason in the run's ``errors``, as the original scores any exception.
+
+At inference each test workflow runs ``inference_runs`` times (default ``vali_num``,
+as the original); the solve rate is the mean over test problems of each problem's
+mean over its runs, a problem without a valid workflow counting 0.
 
 Runs are admitted a bounded number at a time (``scheduling``); each run's time limit
 starts at admission and counts only its own work (``runclock``). A run that failed
@@ -22,6 +28,7 @@ usage is the same whether it ran in one session or several.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -73,7 +80,8 @@ class EvaluateStage:
         self.stage, self.needs, self.workflows_file, self.scores_file, self.split = TASKS[task]
         self.workspace = Workspace.from_config(config, dataset, epoch)
         self.benchmark = get_benchmark(dataset, config)
-        self.runs = config.evaluation.vali_num if task == "optimize" else 1
+        settings = config.evaluation
+        self.runs = settings.vali_num if task == "optimize" else (settings.inference_runs or settings.vali_num)
 
     def run(self, *, force: bool = False) -> dict[str, Any]:
         self.workspace.require(self.needs)
@@ -161,8 +169,7 @@ class EvaluateStage:
                 errors.append(error)
                 if final:
                     break
-        return run_record(key, score=0.0, output="", answer="", detail="failed", attempts=len(errors), errors=errors,
-                          calls=calls, usage=tally.as_record())
+        return self._failed(key, "", len(errors), errors, calls, tally)
 
     async def _attempt(
         self, checked: CheckedWorkflow, context: OperatorContext, client: ChatClient
@@ -188,24 +195,51 @@ class EvaluateStage:
         self, key: RunKey, problem: Problem, output: str, client: ChatClient, attempt: int, errors: list[str],
         calls: list[dict[str, Any]], tally: RequestTally,
     ) -> dict[str, Any]:
-        salt = f"{key.salt}/{attempt}"
+        """Extraction, the judge (inference) and the score of a run whose workflow finished.
+
+        A step that raises scores 0 with its reason recorded, as the original's
+        ``evaluate_problem`` does; an infrastructure failure propagates (the run stays
+        unscored), and so does a refused request when nothing was ever answered."""
+        salt, attempts = f"{key.salt}/{attempt}", attempt + 1
         try:
             answer = await extract_answer(client, self.benchmark, problem, output, cache_salt=salt)
-            judged = None
-            if self.task == "inference":
+        except INFRASTRUCTURE:
+            raise
+        except Exception as exc:
+            return self._failed(key, output, attempts, [*errors, step_error("extraction", exc, client)], calls, tally)
+        errors = list(errors)
+        judged = None
+        if self.task == "inference":
+            try:
                 judged = await judge_output(client, self.benchmark, problem, answer, cache_salt=salt)
-        except RequestRefused as exc:
-            if client.meter.calls == 0:
-                raise ExecutorUnavailable(f"every request so far was refused: {exc}") from None
-            return run_record(key, score=0.0, output=output, answer="", detail="failed", attempts=attempt + 1,
-                              errors=[*errors, f"refused: {str(exc)[:300]}"], calls=calls, usage=tally.as_record())
-        score = await self.benchmark.score(problem, answer)
-        record = run_record(
-            key, score=score.value, output=output, answer=score.prediction, detail=score.detail,
-            attempts=attempt + 1, errors=errors, calls=calls, usage=tally.as_record(),
-        )
+            except INFRASTRUCTURE:
+                raise
+            except Exception as exc:
+                judged = 0.0
+                errors.append(step_error("judge", exc, client))
+        try:
+            score = await self.benchmark.score(problem, answer)
+        except INFRASTRUCTURE:
+            raise
+        except Exception as exc:
+            record = self._failed(key, output, attempts, [*errors, step_error("scoring", exc, client)], calls, tally)
+        else:
+            record = run_record(
+                key, score=score.value, output=output, answer=score.prediction, detail=score.detail,
+                attempts=attempts, errors=errors, calls=calls, usage=tally.as_record(),
+            )
         if self.task == "inference":
             record["judge_score"] = judged
+        return record
+
+    def _failed(
+        self, key: RunKey, output: str, attempts: int, errors: list[str], calls: list[dict[str, Any]], tally: RequestTally
+    ) -> dict[str, Any]:
+        """A run that scores 0; at inference a judged benchmark's verdict is 0 too."""
+        record = run_record(key, score=0.0, output=output, answer="", detail="failed", attempts=attempts,
+                            errors=errors, calls=calls, usage=tally.as_record())
+        if self.task == "inference" and self.benchmark.judged:
+            record["judge_score"] = 0.0
         return record
 
     # ------------------------------------------------------------ preferences and solve rates
@@ -215,7 +249,8 @@ class EvaluateStage:
     ) -> dict[str, Any]:
         if self.task == "inference":
             gen = self.config.generation
-            return {**solve_rates(records, problems), "subset": bool(gen.problem_ids or gen.max_problems)}
+            subset = bool(gen.problem_ids or gen.max_problems)
+            return {**solve_rates(records, problems), "runs_per_workflow": self.runs, "subset": subset}
         bench = self.benchmark
         means = mean_scores(_runs_by_workflow(records))
         scored = [
@@ -234,10 +269,20 @@ class EvaluateStage:
         return {"preferences": data.stats.as_record()}
 
 
-def _runs_by_workflow(records: list[dict[str, Any]]) -> dict[tuple[str, int], list[float]]:
+def step_error(step: str, exc: Exception, client: ChatClient) -> str:
+    """The recorded reason a scoring step failed. A refused request is the setup's fault,
+    not the run's, when no request was ever answered: that propagates."""
+    if isinstance(exc, RequestRefused):
+        if client.meter.calls == 0:
+            raise ExecutorUnavailable(f"every request so far was refused: {exc}") from None
+        return f"refused: {str(exc)[:300]}"
+    return f"{step}: {type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _runs_by_workflow(records: list[dict[str, Any]], field: str = "score") -> dict[tuple[str, int], list[float]]:
     runs: dict[tuple[str, int], list[float]] = {}
     for r in records:
-        runs.setdefault((r["problem_id"], r["sample"]), []).append(r["score"])
+        runs.setdefault((r["problem_id"], r["sample"]), []).append(r.get(field) or 0.0)
     return runs
 
 
@@ -275,14 +320,22 @@ def score_counts(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def solve_rates(records: list[dict[str, Any]], problems: dict[str, Problem]) -> dict[str, Any]:
-    """Test-split solve rate: a problem without a scored workflow counts as unsolved."""
-    exact = {r["problem_id"]: r["score"] for r in records if r["run"] == 0}
-    judged = {r["problem_id"]: r.get("judge_score") for r in records if r["run"] == 0}
+    """Test-split solve rates, exact and (where judged) the judge's: per problem the mean
+    of its runs (of all its workflows' runs), then the mean over the selected problems,
+    one without a scored workflow counting 0."""
     total = len(problems)
-    rates: dict[str, Any] = {"test_problems": total, "solve_rate": round(sum(exact.values()) / total, 4) if total else 0.0}
-    if any(v is not None for v in judged.values()):
-        rates["judge_solve_rate"] = round(sum(v or 0.0 for v in judged.values()) / total, 4)
+    rates: dict[str, Any] = {"test_problems": total, "solve_rate": _mean_over_problems(records, "score", total)}
+    if any(r.get("judge_score") is not None for r in records):
+        rates["judge_solve_rate"] = _mean_over_problems(records, "judge_score", total)
     return rates
+
+
+def _mean_over_problems(records: list[dict[str, Any]], field: str, total: int) -> float:
+    per_problem: dict[str, list[float]] = {}
+    for (problem_id, _), runs in _runs_by_workflow(records, field).items():
+        per_problem.setdefault(problem_id, []).extend(runs)
+    solved = math.fsum(math.fsum(runs) / len(runs) for runs in per_problem.values())
+    return round(solved / total, 4) if total else 0.0
 
 
 def raise_missing(path: Any, problem_id: str, split: str) -> None:
@@ -296,7 +349,8 @@ def summary_line(manifest: dict[str, Any]) -> str:
     c, usage = manifest["counts"], manifest["usage"]["executor"]
     parts = [f"{c['runs']} runs, mean score {c['mean_score']:.3f}", f"histogram {c['score_histogram']}"]
     if "solve_rate" in c:
-        parts.append(f"solve rate {c['solve_rate']:.1%} of {c['test_problems']} test problems")
+        runs = f", mean of {c['runs_per_workflow']} runs each" if "runs_per_workflow" in c else ""
+        parts.append(f"solve rate {c['solve_rate']:.1%} of {c['test_problems']} test problems{runs}")
         if "judge_solve_rate" in c:
             parts.append(f"judged {c['judge_solve_rate']:.1%}")
     if "preferences" in c:

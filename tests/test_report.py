@@ -62,8 +62,9 @@ def test_our_rows_sit_beside_the_papers_in_its_layout(tmp_path):
     assert "| MedPrompt (paper) | 74.4 | 83.0 | 92.1 | 69.2 | 88.1 | 53.7 | 76.8 |" in lines  # the paper's own average
     assert "| DPO (paper, ablation) | 84.1 | 84.2 | 95.9 | 82.9 | 91.7 | 60.4 | 83.2 |" in lines
     # The untrained generator (epoch 0) and the trained one (epoch 2) are separate rows;
-    # a subset run is marked and the judge's rate is shown beside the exact one.
-    assert "| **untrained generator, epoch 0 (ours)** | — | — | 50.0 | — | — | 25.0† (judged 50.0) | — |" in lines
+    # a subset run is marked; MATH's headline is the judge's rate, the exact one beside it.
+    assert "| **untrained generator, epoch 0 (ours)** | — | — | 50.0 | — | — | 50.0† (exact 25.0) | — |" in lines
+    assert "MATH, DROP, HotpotQA: the judge's solve rate, as the paper reports them" in markdown
     assert "| **ScoreFlow, epoch 2 (ours)** | — | — | 90.0 | — | — | — | — |" in lines
     assert "† MATH epoch 0: 3 problems" in markdown
     epoch_rows = [line for line in lines if line.startswith("| HumanEval | ")]
@@ -78,6 +79,22 @@ def test_average_needs_all_six_datasets_and_methods_follow_the_loss(tmp_path):
         finished_epoch(tmp_path, dataset, 1, scores=[0.5, 0.5], solve_rate=0.5, loss="dpo")
     markdown = render_markdown(collect(tmp_path), tmp_path)
     assert "| **DPO, epoch 1 (ours)** | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 |" in markdown
+
+
+def test_judged_datasets_head_with_the_judge_and_code_and_gsm8k_stay_exact(tmp_path):
+    for dataset in PAPER_COLUMNS:
+        judged = 0.8 if dataset in {"MATH", "DROP", "HotpotQA", "GSM8K"} else None  # GSM8K: never headline
+        finished_epoch(tmp_path, dataset, 0, scores=[0.5, 0.5], solve_rate=0.5, judged=judged)
+    finished_epoch(tmp_path, "DROP", 1, scores=[0.5, 0.5], solve_rate=0.25, loss="score_dpo")  # no judge recorded
+    markdown = render_markdown(collect(tmp_path), tmp_path)
+    # columns: HotpotQA, DROP, HumanEval, MBPP, GSM8K, MATH; the average is over the headlines
+    row = "| **untrained generator, epoch 0 (ours)** | 80.0 (exact 50.0) | 80.0 (exact 50.0) | 50.0 | 50.0 | 50.0 | 80.0 (exact 50.0) | 65.0 |"
+    assert row in markdown.splitlines()
+    assert "| **ScoreFlow, epoch 1 (ours)** | — | 25.0 | — | — | — | — | — |" in markdown
+    drop_epoch0 = next(line for line in markdown.splitlines() if line.startswith("| DROP | 0 |"))
+    assert "| judged 80.0%, exact 50.0% |" in drop_epoch0
+    gsm_epoch0 = next(line for line in markdown.splitlines() if line.startswith("| GSM8K | 0 |"))
+    assert "| 50.0% |" in gsm_epoch0
 
 
 def test_report_writes_markdown_and_three_pngs(tmp_path):

@@ -131,6 +131,12 @@ def test_gsm8k_score_rules() -> None:
     assert gsm8k_score("I don't know", 3) == (0.0, None)
 
 
+def test_gsm8k_gold_is_read_with_the_last_number_rule() -> None:
+    assert gsm8k_score("It costs 1200 dollars", "$1,200") == (1.0, 1200.0)  # no ValueError
+    assert gsm8k_score("7", "the answer is 7") == (1.0, 7.0)
+    assert gsm8k_score("7", "no number") == (0.0, 7.0)
+
+
 def test_gsm8k_tolerance_is_1e_6() -> None:
     assert gsm8k_score("18.0000005", 18)[0] == 1.0
     assert gsm8k_score("18.00001", 18)[0] == 0.0
@@ -158,6 +164,29 @@ def test_last_boxed(text: str, expected: str | None) -> None:
 
 def test_math_answer_prefers_boxed_and_strips() -> None:
     assert math_answer(r"We get \boxed{ 42 }. Done.") == "42"
+
+
+@pytest.mark.parametrize(
+    ("text", "original", "balanced"),
+    [
+        # the original's regex needs the exact "\boxed{": the last sentence is the answer
+        (r"so it is \boxed {5}", r"so it is \boxed {5}", "5"),
+        (r"\fbox{7}", r"\fbox{7}", "7"),
+        # a box inside a matched box is part of its content there
+        (r"\boxed{\boxed{2}}", r"\boxed{2}", "2"),
+        # an unclosed last box is skipped there (the earlier one counts), ours has no box
+        (r"\boxed{3} or maybe \boxed{4", "3", r"\boxed{3} or maybe \boxed{4"),
+        # both read nested braces at any depth (the original's regex reads one level)
+        (r"so \boxed{\frac{\sqrt{3}}{2}}.", r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt{3}}{2}"),
+        (r"\boxed{a^{b^{c}}} then \boxed{1}", "1", "1"),
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}", r"\{1, 2\}"),
+        ("no box. the end", "the end", "the end"),
+    ],
+)
+def test_math_answer_boxed_readings(text: str, original: str, balanced: str) -> None:
+    assert math_answer(text, "original") == original
+    assert math_answer(text) == original  # the default is the original's reading
+    assert math_answer(text, "balanced") == balanced
 
 
 def test_math_answer_last_sentence_without_box() -> None:
@@ -223,7 +252,6 @@ _PWNED = Path("/tmp") / f"pwned_{uuid.uuid4().hex}"
 _HOSTILE = f"__import__('os').system('touch {_PWNED}')"
 
 _PLAIN_CASES = {
-    "square": ("x^2+2x+1", "(x+1)^2", True),
     "different": ("2", "3", False),
     "garbage": ("garbage ### )(", "1", False),
     "hostile": (_HOSTILE, "1", False),
@@ -231,11 +259,19 @@ _PLAIN_CASES = {
     "pi_plain": ("2*pi", "pi+pi", True),
 }
 _LATEX_CASES = {
+    "square": ("x^2+2x+1", "(x+1)^2", True),  # the LaTeX parser reads 2x and ^
     "frac_half": (r"\frac{1}{2}", "0.5", True),
     "sqrt": (r"\frac{\sqrt{3}}{2}", r"\sqrt{3}/2", True),
     "dfrac": (r"\dfrac{3}{4}", r"\frac{3}{4}", True),
-    "pi_latex": (r"3\pi", "3*pi", True),
+    "pi_latex": (r"3\pi", r"3 \pi", True),
+    # LaTeX first, as the original: "3*pi" is read as 3*p*i there, not 3 times pi
+    "pi_star_plain": (r"3\pi", "3*pi", False),
     "latex_different": (r"\frac{1}{3}", "0.33", False),
+    # gold 5,\!460 (thin-space command) is 5460 to the LaTeX parser, as is 5,460
+    "thin_space_thousands": ("5,460", r"5,\!460", True),
+    # math.isclose as the original: 1 in 10^10 is within the relative 1e-9
+    "relative_tolerance": ("10000000001", r"10^{10}", True),
+    "relative_tolerance_exceeded": ("10000000100", r"10^{10}", False),
 }
 
 
