@@ -3,7 +3,10 @@
 ``workflow_grammar`` states a strict subset of ``docs/workflow_language.md`` in
 xgrammar's EBNF dialect (llama.cpp GBNF style), chosen so that EVERY string the
 grammar accepts passes ``scoreflow.workflow.check_workflow`` for the given
-operators (``tests/test_grammar.py`` checks this by random walks). A context-free
+operators (``tests/test_grammar.py`` checks this by random walks). It leaves out the
+constructs the language accepts for the original generator's idioms (``asyncio.gather``,
+``try``/``except``, string methods and builtins, ``self.problem``, ``range(N)`` above 3):
+sampling under the grammar stays within the core, and the checker accepts both. A context-free
 grammar cannot remember arbitrary identifiers, so "a name is assigned before it is
 used" and "only bound operators are called" are enforced by making the grammar's
 nonterminals carry that state explicitly over a small, fixed vocabulary:
