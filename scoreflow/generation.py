@@ -244,7 +244,12 @@ class GenerateStage:
             self.stats[f"rejected {verdict.reason.split(':', 1)[0]}"] += 1
 
     def _prompt(self, sampler: Sampler, problem: Problem) -> str:
-        return sampler.format_prompt([{"role": "user", "content": generator_prompt(self.benchmark, problem)}])
+        """The stored prompt: raw text as the original sends it, or chat-formatted (a switch);
+        the trainer later sees exactly these tokens."""
+        text = generator_prompt(self.benchmark, problem)
+        if self.config.generation.chat_template:
+            return sampler.format_prompt([{"role": "user", "content": text}])
+        return sampler.format_raw(text)
 
     def _records(self, problem: Problem, prompt: str, slots: list[Slot]) -> list[dict[str, Any]]:
         return [

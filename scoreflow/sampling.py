@@ -95,6 +95,10 @@ class Sampler(ABC):
         """The exact prompt text for chat ``messages`` (assistant turn opened, not started)."""
         return format_chat(self.tokenizer, messages)
 
+    def format_raw(self, text: str) -> str:
+        """The exact prompt text for a raw completion prompt (the original's way)."""
+        return format_raw(self.tokenizer, text)
+
     def sample(self, requests: Sequence[SampleRequest]) -> list[list[Sample]]:
         for request in requests:
             if request.n < 1:
@@ -120,8 +124,22 @@ def format_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str,
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
 
+def format_raw(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """``text`` as vLLM sees a raw prompt: after the BOS the tokenizer adds (if it adds one).
+
+    Prompts are stored with their special tokens written out, so that the samplers (which
+    hand token ids to vLLM: it adds no second BOS) and the trainer see the same ids."""
+    return f"{tokenizer.bos_token}{text}" if adds_bos(tokenizer) else text
+
+
+def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether plain ``tokenizer(text)`` prepends the BOS token."""
+    bos_id = tokenizer.bos_token_id
+    return bos_id is not None and tokenizer("a").input_ids[:1] == [bos_id]
+
+
 def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Token ids of a chat-formatted prompt (its template already holds the special tokens)."""
+    """Token ids of a stored prompt (chat-formatted or raw: it already holds its special tokens)."""
     return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
 

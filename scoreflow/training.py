@@ -20,7 +20,9 @@ fails loudly when any of them changes:
 * the fused LM head TRL patches onto the model: ``model(..., labels=..., fused_lm_head=True)``
   returns per-token ``log_probs`` of the next token, zero where the label is -100;
 * the attributes ``beta``, ``precompute_ref_logps``, ``_metrics``, ``aux_loss_enabled``,
-  ``router_aux_loss_coef``.
+  ``router_aux_loss_coef``;
+* ``_prepare_dataset(dataset, processing_class, args, dataset_name)`` turns the text columns
+  into ``prompt_ids``/``chosen_ids``/``rejected_ids`` (replaced by ``PromptIdsAsSampled``).
 
 The reference is the base model with the LoRA disabled, also when epoch i > 0 continues
 epoch i's adapter: the trainer always gets a ``peft_config`` (given a ``PeftModel``, TRL
@@ -56,6 +58,7 @@ from scoreflow.config import Config, TrainingConfig
 from scoreflow.errors import ScoreFlowError
 from scoreflow.jsonio import read_jsonl
 from scoreflow.models import load_causal_lm
+from scoreflow.sampling import adds_bos
 from scoreflow.workspace import Workspace
 
 TRL_VERSION = "1.16.0"  # ScoreDPOTrainer overrides internals of exactly this release
@@ -115,8 +118,38 @@ def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if k not in _NON_MODEL_KEYS}
 
 
-class ScoreDPOTrainer(DPOTrainer):
-    """TRL's DPOTrainer with the Score-DPO loss; everything else (data, reference, logging) is TRL's."""
+class PromptIdsAsSampled:
+    """Tokenize prompt and completions apart, as the original's trainer does.
+
+    TRL 1.16 tokenizes prompt + completion jointly and splits where they diverge; the
+    original's raw prompt ends with a space ("...: ") that merges with the completion's
+    first token, so TRL would train on a context without the prompt's last token. Here
+    the prompt's ids are exactly the sampler's (the stored text holds its special tokens,
+    BOS included: one BOS) and each completion is tokenized alone, plus EOS."""
+
+    def _prepare_dataset(self, dataset: Dataset, processing_class: PreTrainedTokenizerBase, args: DPOConfig,
+                         dataset_name: str) -> Dataset:
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        eos = tokenizer.eos_token_id
+
+        def tokenize(example: dict[str, Any]) -> dict[str, Any]:
+            ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+            return {"prompt_ids": ids(example["prompt"]), "chosen_ids": ids(example["chosen"]) + [eos],
+                    "rejected_ids": ids(example["rejected"]) + [eos]}
+
+        dataset = dataset.map(tokenize, desc=f"Tokenizing {dataset_name} dataset")
+        if args.max_length is not None and args.truncation_mode == "keep_start":  # as TRL: no fully cut pairs
+            dataset = dataset.filter(lambda example: len(example["prompt_ids"]) < args.max_length)
+        return dataset
+
+
+class DPOTrainerAsSampled(PromptIdsAsSampled, DPOTrainer):
+    """Stock TRL DPO (the paper's ablation) on the same tokens as Score-DPO."""
+
+
+class ScoreDPOTrainer(PromptIdsAsSampled, DPOTrainer):
+    """TRL's DPOTrainer with the Score-DPO loss; data tokenized as sampled (``PromptIdsAsSampled``);
+    everything else (reference, logging) is TRL's."""
 
     def __init__(
         self,
@@ -271,7 +304,7 @@ def completion_text(sample: str, stop: str) -> str:
 def trl_prompt(prompt: str, tokenizer: PreTrainedTokenizerBase) -> str:
     """The prompt text that TRL (which tokenizes with special tokens) turns into exactly the generator's tokens.
 
-    ``prompt`` is already chat-templated, so it may start with the BOS text; a tokenizer
+    ``prompt`` holds its special tokens (chat-templated, or raw after the BOS), so it may start with the BOS text; a tokenizer
     that adds a BOS itself would double it. Dropping the text lets the tokenizer put it back.
     """
     bos = tokenizer.bos_token
@@ -280,17 +313,11 @@ def trl_prompt(prompt: str, tokenizer: PreTrainedTokenizerBase) -> str:
     return prompt
 
 
-def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether plain ``tokenizer(text)`` prepends the BOS token."""
-    bos_id = tokenizer.bos_token_id
-    return bos_id is not None and tokenizer("a").input_ids[:1] == [bos_id]
-
-
 def pair_dataset(records: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, stop: str) -> Dataset:
     """Score-DPO rows: TRL's prompt/chosen/rejected text columns plus the two scores."""
     rows = [
         {
-            "prompt": trl_prompt(r["prompt"], tokenizer),
+            "prompt": r["prompt"],  # tokenized as stored, special tokens included (PromptIdsAsSampled)
             "chosen": completion_text(r["chosen"], stop),
             "rejected": completion_text(r["rejected"], stop),
             "chosen_score": float(r["chosen_score"]),
@@ -433,7 +460,7 @@ def build_trainer(
             peft_config=peft_config,
         )
     elif training.loss == "dpo":
-        trainer = DPOTrainer(
+        trainer = DPOTrainerAsSampled(
             model,
             args=dpo_args(training, output_dir, **arg_overrides),
             train_dataset=pair_dataset(records, tokenizer, stop).remove_columns(list(SCORE_COLUMNS)),

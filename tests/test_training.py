@@ -77,6 +77,8 @@ def test_trl_internals_score_dpo_relies_on_are_unchanged() -> None:
     # the reason epoch i > 0 passes a peft_config and loads the weights afterwards.
     assert 'model.add_adapter("ref", default_config)' in init
     assert "processing_class(text=input)" in inspect.getsource(trl.data_utils._tokenize)  # special tokens on
+    assert _params(DPOTrainer._prepare_dataset) == ["self", "dataset", "processing_class", "args", "dataset_name"]
+    assert "self._prepare_dataset(train_dataset, processing_class, args" in init  # replaced by PromptIdsAsSampled
     assert "log_probs" in {f.name for f in dataclasses.fields(FusedCausalLMOutput)}
 
 
@@ -254,7 +256,7 @@ def test_scores_one_and_zero_give_stock_trl_dpo_loss_and_gradients(
     records = make_pairs(AutoTokenizer.from_pretrained(smollm2_dir), [(1.0, 0.0), (1.0, 0.0)])
     score = tiny_trainer(tiny_dir, tmp_path, records, "training.lora.dropout=0.0")
     stock = tiny_trainer(tiny_dir, tmp_path, records, "training.lora.dropout=0.0", "training.loss=dpo")
-    assert type(stock) is DPOTrainer and isinstance(score, ScoreDPOTrainer)
+    assert type(stock)._compute_loss is DPOTrainer._compute_loss and isinstance(score, ScoreDPOTrainer)  # stock loss
     randomize_lora(score.model)
     randomize_lora(stock.model)
     batch = first_batch(score, 2)
@@ -353,7 +355,9 @@ def test_the_other_losses_train(loss: str, tiny_dir: Path, tmp_path: Path, smoll
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     records = make_pairs(tokenizer, [(0.9, 0.1)])
     trainer = tiny_trainer(tiny_dir, tmp_path, records, f"training.loss={loss}", "training.learning_rate=0.01")
-    assert type(trainer) is {"dpo": DPOTrainer, "sft": SFTTrainer}[loss]  # stock TRL
+    stock = {"dpo": DPOTrainer, "sft": SFTTrainer}[loss]  # TRL's loss; DPO on the Score-DPO tokens
+    assert isinstance(trainer, stock) and type(trainer).compute_loss is stock.compute_loss
+    assert getattr(type(trainer), "_compute_loss", None) is getattr(stock, "_compute_loss", None)
     if loss == "sft":
         row = trainer.train_dataset[0]
         prompt_len = len(tokenizer(records[0]["prompt"], add_special_tokens=False).input_ids)
