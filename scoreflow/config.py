@@ -61,6 +61,7 @@ class GenerationConfig:
     top_p: float = _num(0.95, 0.0, 1.0)
     max_new_tokens: int = _num(1000, 1)
     stop: tuple[str, ...] = ("</graph>",)
+    chat_template: bool = False  # False: the raw completion prompt the original sends; True: chat-formatted
     grammar: bool = False  # grammar-constrained decoding (the paper samples freely)
     grammar_min_calls: int | None = _num(None, 1, 8)  # calls before return; None: 2 where the template check applies, else 1
     max_resample_rounds: int = _num(20, 0)  # the original retries up to 500 rounds
