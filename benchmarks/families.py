@@ -44,7 +44,9 @@ def judge_prompt_text(
     1/0 is asked for, since only a reply of exactly "1" counts (``scoring.judge_verdict``).
 
     ``source``: (label, text) of the passage or context a QA question is about."""
-    parts = ["You are grading an answer against a reference.", f"Question:\n{question}", f"{reference_label}:\n{reference}"]
+    parts = [
+        "You are grading an answer against a reference.", f"Question:\n{question}", f"{reference_label}:\n{reference}",
+    ]
     if source is None:
         parts.append(f"Candidate answer:\n{candidate}")
     else:

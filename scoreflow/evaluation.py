@@ -233,7 +233,8 @@ class EvaluateStage:
         return record
 
     def _failed(
-        self, key: RunKey, output: str, attempts: int, errors: list[str], calls: list[dict[str, Any]], tally: RequestTally
+        self, key: RunKey, output: str, attempts: int, errors: list[str], calls: list[dict[str, Any]],
+        tally: RequestTally,
     ) -> dict[str, Any]:
         """A run that scores 0; at inference a judged benchmark's verdict is 0 too."""
         record = run_record(key, score=0.0, output=output, answer="", detail="failed", attempts=attempts,

@@ -359,7 +359,8 @@ def _plot_solve_rates(plt: Any, results: list[EpochResult], datasets: list[str])
             axis.plot(*zip(*val), "o-", color=color, label=f"{dataset}: validation mean score")
         if test:
             kind = "judged " if any(r.judged_headline for r in mine) else ""
-            axis.plot(*zip(*test), "s", color=color, markersize=9, clip_on=False, label=f"{dataset}: {kind}test solve rate")
+            label = f"{dataset}: {kind}test solve rate"
+            axis.plot(*zip(*test), "s", color=color, markersize=9, clip_on=False, label=label)
         for x, y in val + test:
             axis.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8, color=color)
         if dataset in PAPER_COLUMNS:

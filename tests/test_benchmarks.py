@@ -193,8 +193,11 @@ def test_drop_question_is_split_from_the_passage():
     assert passage_of(context) == "Some text."
 
 
+DROP_CONTEXT = "Passage: P is 4.\nQuestion: What is P?\nAnswer:"
+
+
 def test_qa_operators_get_the_originals_framing_and_the_generator_the_question():
-    drop = get_benchmark("DROP").to_problem({"id": "d", "context": "Passage: P is 4.\nQuestion: What is P?\nAnswer:", "ref_text": "4"}, {})
+    drop = get_benchmark("DROP").to_problem({"id": "d", "context": DROP_CONTEXT, "ref_text": "4"}, {})
     assert drop.question == "What is P?"
     assert drop.input == (
         "\nSolve this question-answering problem step by step. Question: What is P?"
@@ -217,11 +220,12 @@ def test_qa_operators_get_the_originals_framing_and_the_generator_the_question()
 
 def test_qa_judge_sees_the_passage_and_is_told_not_to_answer():
     drop = get_benchmark("DROP")
-    problem = drop.to_problem({"id": "d", "context": "Passage: P is 4.\nQuestion: What is P?\nAnswer:", "ref_text": "4|four"}, {})
+    problem = drop.to_problem({"id": "d", "context": DROP_CONTEXT, "ref_text": "4|four"}, {})
     prompt = drop.judge_prompt(problem, "4")
     assert "What is P?" in prompt and "P is 4." in prompt and "4, or four" in prompt
     assert "do not answer the question yourself" in prompt
-    order = [prompt.index(part) for part in ("What is P?", "4, or four", "Candidate answer", "P is 4.", "Reply with one character")]
+    parts = ("What is P?", "4, or four", "Candidate answer", "P is 4.", "Reply with one character")
+    order = [prompt.index(part) for part in parts]
     assert order == sorted(order)  # the original's order: question, reference, candidate, passage, reply rule
     hotpot = get_benchmark("HotpotQA")
     trial = hotpot.trial_problem
@@ -273,7 +277,8 @@ def test_trial_problems_score_their_own_answers():
 
 def test_judge_verdict_parsing():
     exact = get_benchmark("DROP")  # scoring.judge_verdict: exact, the original's reading
-    assert [exact.verdict(r) for r in ("1", " 1\n", "0", "1.", "Correct: 1", "1 (correct)", "", "yes")] == [1.0, 1.0] + [0.0] * 6
+    replies = ("1", " 1\n", "0", "1.", "Correct: 1", "1 (correct)", "", "yes")
+    assert [exact.verdict(r) for r in replies] == [1.0, 1.0] + [0.0] * 6
     lenient = get_benchmark("DROP", load_config(None, ["scoring.judge_verdict=last_digit"]))
     assert lenient.verdict("The answer is correct.\n1") == 1.0
     assert Benchmark.parse_judgement("1") == 1.0

@@ -228,8 +228,9 @@ def test_inference_reports_exact_and_judged_solve_rates(tmp_path):
     records = {str(r["id"]): r for r in read_jsonl(data / "DROP" / "test.jsonl")}
     test_ids = list(records)
     answers = {pid: r["ref_text"].split("|")[0] for pid, r in records.items()}
-    question_of = {pid: r["context"].split("Question:", 1)[1].split("Answer:", 1)[0].strip() for pid, r in records.items()}
-    passage_of = {pid: r["context"].split("Passage:", 1)[1].split("Question:", 1)[0].strip() for pid, r in records.items()}
+    contexts = {pid: r["context"] for pid, r in records.items()}
+    question_of = {pid: c.split("Question:", 1)[1].split("Answer:", 1)[0].strip() for pid, c in contexts.items()}
+    passage_of = {pid: c.split("Passage:", 1)[1].split("Question:", 1)[0].strip() for pid, c in contexts.items()}
     judge_prompts: dict[str, list[str]] = {}
     operator_prompts: list[str] = []
     lock = threading.Lock()
@@ -262,7 +263,8 @@ def test_inference_reports_exact_and_judged_solve_rates(tmp_path):
     assert counts["test_problems"] == 800  # unsolved problems without a workflow count against the rate
     assert counts["runs_per_workflow"] == 3
     scores = read_jsonl(tmp_path / "ws" / "DROP" / "epoch_2" / "inference" / "scores.jsonl")
-    assert sorted((r["problem_id"], r["run"]) for r in scores) == sorted((pid, run) for pid in test_ids[:2] for run in range(3))
+    expected_runs = sorted((pid, run) for pid in test_ids[:2] for run in range(3))
+    assert sorted((r["problem_id"], r["run"]) for r in scores) == expected_runs
     # per problem two of its three verdicts count ("1" and " 1\n"; not "Correct: 1")
     assert sorted(r["judge_score"] for r in scores) == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
     assert counts["judge_solve_rate"] == round((2 / 3 + 2 / 3) / 800, 4)

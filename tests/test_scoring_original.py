@@ -284,7 +284,8 @@ def test_gsm8k_published_answers_score_as_the_original():
         gold = record["answer"]
         for prediction in (f"So the total is {gold}.", f"{gold} apples and 3 pears", f"It is {gold}0", "no idea",
                            f"{original_gsm8k_number(gold):,.2f}"):
-            assert scoring.gsm8k_score(prediction, str(gold))[0] == original_gsm8k_score(prediction, gold), (prediction, gold)
+            ours = scoring.gsm8k_score(prediction, str(gold))[0]
+            assert ours == original_gsm8k_score(prediction, gold), (prediction, gold)
 
 
 # ============================================================ references: DROP and HotpotQA
