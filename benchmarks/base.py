@@ -79,6 +79,14 @@ class Benchmark(ABC):
         scoring: ScoringConfig | None = None,
     ) -> None:
         self.settings = settings or DatasetSettings()
+        from scoreflow.operators import OPERATORS
+
+        unknown = [name for name in self.settings.extra_operators if name not in OPERATORS]
+        if unknown:
+            raise ScoreFlowError(f"datasets.{self.name}.extra_operators: unknown operator {unknown[0]!r} "
+                                 f"(expected some of: {', '.join(OPERATORS)})")
+        extra = [name for name in self.settings.extra_operators if name not in type(self).operators]
+        self.operators = (*type(self).operators, *extra)  # the original's set, plus what the config adds
         self.sandbox_settings = sandbox_settings or SandboxSettings()
         self.scoring = scoring or ScoringConfig()
         self._sandbox = sandbox
@@ -190,6 +198,13 @@ class Benchmark(ABC):
         return 1.0 if verdicts and verdicts[-1] == "1" else 0.0
 
     # ------------------------------------------------------------ generation
+
+    @property
+    def max_range(self) -> int:
+        """The largest ``range(N)`` a workflow of this dataset may use (``workflow.max_range_for``)."""
+        from scoreflow.workflow import max_range_for
+
+        return max_range_for(self.family)
 
     @property
     def similarity_threshold(self) -> float:

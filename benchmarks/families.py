@@ -15,15 +15,22 @@ from benchmarks.base import Benchmark, Problem, Score
 from scoreflow.offload import sanitize_async
 
 
-def template(operator_attr: str, operator_class: str, call: str) -> str:
-    """A one-operator template workflow in the language the generator writes."""
+def template(bindings: tuple[tuple[str, str], ...], call: str) -> str:
+    """The template workflow in the original's idiom: ``__init__`` keeps the problem, builds
+    the config and binds every operator of the dataset (attribute, class), in the original's
+    order; ``run_workflow`` has a docstring and one operator call (our instruction)."""
+    bound = "".join(f"        self.{attr} = operator.{name}(self.config, self.problem)\n" for attr, name in bindings)
     return (
         "class Workflow:\n"
-        "    def __init__(self, config, problem) -> None:\n"
-        f"        self.{operator_attr} = operator.{operator_class}(config, problem)\n"
+        "    def __init__(\n        self,\n        config,\n        problem\n    ) -> None:\n"
+        "        self.problem = problem\n"
+        "        self.config = create(config)\n"
+        f"{bound}"
         "\n"
         "    async def run_workflow(self):\n"
-        f"        solution = await self.{operator_attr}({call})\n"
+        '        """\n        This is a workflow graph.\n        """\n'
+        f"        solution = await self.{call}\n"
+        "\n"
         "        return solution\n"
     )
 
@@ -63,11 +70,10 @@ class CodeBenchmark(Benchmark):
     """HumanEval and MBPP: a function is written, then checked by hidden tests in the sandbox."""
 
     family = "code"
-    operators = ("CustomCodeGenerate", "ScEnsemble", "Review", "Test")
+    operators = ("CustomCodeGenerate", "ScEnsemble", "Test")  # the original's; Review: datasets.<D>.extra_operators
     template_workflow = template(
-        "code_generate",
-        "CustomCodeGenerate",
-        'instruction="Write a correct, complete Python function for the problem."',
+        (("code_generate", "CustomCodeGenerate"), ("sc_ensemble", "ScEnsemble"), ("test", "Test")),
+        'code_generate(instruction="Think through the task step by step, then write the code.")',
     )
     public_test_key = "entry_point"
     # Names AFlow's checker puts in scope before the solution runs.
@@ -192,7 +198,9 @@ class MathBenchmark(Benchmark):
     family = "math"
     operators = ("Custom", "Programmer", "ScEnsemble", "Review")
     template_workflow = template(
-        "custom", "Custom", 'instruction="Solve the problem step by step and state the final answer."'
+        (("custom", "Custom"), ("sc_ensemble", "ScEnsemble"), ("programmer", "Programmer"), ("review", "Review")),
+        'custom(instruction="Solve the problem by breaking it into detailed steps and explaining the reasoning '
+        'of each step.")',
     )
     banned_substrings = (*Benchmark.banned_substrings, "self.loop.append")
     extraction_rule: ClassVar[str]
@@ -224,7 +232,11 @@ class QABenchmark(Benchmark):
     source_label: ClassVar[str]  # what the question is about: "passage" (DROP) or "context"
     reference_label: ClassVar[str] = "Reference answer"
     operators = ("Custom", "AnswerGenerate", "ScEnsemble", "Review")
-    template_workflow = template("answer_generate", "AnswerGenerate", "")
+    template_workflow = template(
+        (("custom", "Custom"), ("sc_ensemble", "ScEnsemble"), ("answer_generate", "AnswerGenerate"),
+         ("review", "Review")),
+        "answer_generate()",
+    )
 
     def extraction_prompt(self, problem: Problem, output: str) -> str | None:
         return (

@@ -194,6 +194,8 @@ class DatasetSettings:
     n_pairs: int = _num(2000, 1)  # preference pairs resampled with replacement
 
 
+    test_max_rounds: int = _num(10, 1)  # code: repair rounds of the Test operator (the original: 10, MBPP 6)
+    extra_operators: tuple[str, ...] = ()  # offered besides the original's set (e.g. Review for code)
 def _default_datasets() -> dict[str, DatasetSettings]:
     code = dict(workflow_time_limit_s=240.0, trial_time_limit_s=120.0, similarity_threshold=1.1)
     return {

@@ -50,7 +50,7 @@ from scoreflow.runclock import WorkflowTimeout
 from scoreflow.sandbox import Sandbox
 from scoreflow.scheduling import INFRASTRUCTURE, FailureStreak, run_admitted, run_session
 from scoreflow.usage import SESSION_SAVE_S, stage_usage, usage_line, warn_if_unpriced
-from scoreflow.workflow import CheckedWorkflow, check_workflow, run_with_limit
+from scoreflow.workflow import CheckedWorkflow, WorkflowRejected, check_workflow, run_with_limit
 from scoreflow.workspace import Workspace
 
 TASKS = {
@@ -92,6 +92,7 @@ class EvaluateStage:
         missing = sorted({w["problem_id"] for w in workflows} - set(problems))
         if missing:
             raise_missing(self.workspace.path(self.workflows_file), missing[0], self.split)
+        checked = self._checked(workflows)
         stage = self.workspace.start(self.stage, self.config, force=force)
         log = stage.log(self.scores_file)
         done = log.keys(lambda r: RunKey(r["problem_id"], r["sample"], r["run"]))
@@ -105,7 +106,7 @@ class EvaluateStage:
         client = make_client(self.config, cache_path=self.workspace.path("cache.sqlite"))
         warn_if_unpriced(self.config)
         started = time.perf_counter()
-        run_session(stage, self._score_all(todo, client, log, stage), client.meter)
+        run_session(stage, self._score_all(todo, checked, client, log, stage), client.meter)
         order = {pid: i for i, pid in enumerate(problems)}
         records = sorted(log.read(), key=lambda r: (order[r["problem_id"]], r["sample"], r["run"]))
         log.rewrite(records)
@@ -117,22 +118,37 @@ class EvaluateStage:
 
     # ------------------------------------------------------------ scoring runs
 
+    def _checked(self, workflows: list[dict[str, Any]]) -> dict[tuple[str, int], CheckedWorkflow]:
+        """Every valid workflow through the checker before anything runs: one that no longer
+        passes (other operators or loop bound than the generate stage had) is a one-line error."""
+        bench, checked = self.benchmark, {}
+        for w in workflows:
+            if not w["valid"]:
+                continue
+            try:
+                checked[(w["problem_id"], w["sample"])] = check_workflow(w["workflow"], bench.operators,
+                                                                         max_range=bench.max_range)
+            except WorkflowRejected as exc:
+                raise ScoreFlowError(
+                    f"{self.workspace.path(self.workflows_file)}: problem {w['problem_id']!r} sample {w['sample']}: "
+                    f"a workflow marked valid does not pass the checker with this config ({exc}); "
+                    "use the generate stage's settings, or regenerate with --force"
+                ) from None
+        return checked
+
     async def _score_all(
-        self, todo: list[tuple[RunKey, dict[str, Any], Problem]], client: ChatClient, log: Any, stage: Any
+        self, todo: list[tuple[RunKey, dict[str, Any], Problem]], checked: dict[tuple[str, int], CheckedWorkflow],
+        client: ChatClient, log: Any, stage: Any,
     ) -> None:
         sandbox = make_operator_sandbox(self.benchmark, self.config.sandbox)
         where = f"{self.workspace.dataset} epoch {self.workspace.epoch} {self.stage}"
         streak = FailureStreak(self.config.evaluation.max_infra_failures, client.meter, where)
-        checked: dict[tuple[str, int], CheckedWorkflow] = {}
         try:
             with tqdm(total=len(todo), desc=f"evaluate {self.workspace.dataset}", unit="run") as bar:
 
                 async def one(item: tuple[RunKey, dict[str, Any], Problem]) -> None:
-                    key, workflow, problem = item
-                    ident = (key.problem_id, key.sample)
-                    if ident not in checked:
-                        checked[ident] = check_workflow(workflow["workflow"], self.benchmark.operators)
-                    record = await self._score_run(key, checked[ident], problem, client, sandbox)
+                    key, _, problem = item
+                    record = await self._score_run(key, checked[(key.problem_id, key.sample)], problem, client, sandbox)
                     log.append(record)
                     bar.update(1)
                     stage.save_session(client.meter.snapshot(), throttle_s=SESSION_SAVE_S)
@@ -261,7 +277,8 @@ class EvaluateStage:
         ]
         data = build_preferences(
             scored,
-            TemplateFilter.from_template(bench.template_workflow, bench.operators, bench.similarity_threshold),
+            TemplateFilter.from_template(bench.template_workflow, bench.operators, bench.similarity_threshold,
+                                         max_range=bench.max_range),
             n=bench.settings.n_pairs,
             alpha=self.config.preference.alpha,
             seed=self.config.preference.seed,

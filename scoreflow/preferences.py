@@ -120,18 +120,20 @@ class TemplateFilter:
     template_body: str
     operators: tuple[str, ...]
     threshold: float
+    max_range: int = 3  # the dataset's loop bound (``workflow.max_range_for``)
 
     @classmethod
-    def from_template(cls, template_workflow: str, operators: Sequence[str], threshold: float) -> TemplateFilter:
-        """Build from the benchmark's template workflow and operator allow-list."""
-        body = check_workflow(template_workflow, operators).body_source
-        return cls(body, tuple(operators), threshold)
+    def from_template(cls, template_workflow: str, operators: Sequence[str], threshold: float, *,
+                      max_range: int = 3) -> TemplateFilter:
+        """Build from the benchmark's template workflow, operator allow-list and loop bound."""
+        body = check_workflow(template_workflow, operators, max_range=max_range).body_source
+        return cls(body, tuple(operators), threshold, max_range)
 
     def similarity(self, workflow: str) -> float | None:
         """Ratio of the workflow's body to the template's; None when the checker rejects it."""
         graph = extract_graph(workflow)
         try:
-            checked = check_workflow(workflow if graph is None else graph, self.operators)
+            checked = check_workflow(workflow if graph is None else graph, self.operators, max_range=self.max_range)
         except WorkflowRejected:
             return None
         return body_similarity(checked.body_source, self.template_body)

@@ -967,12 +967,28 @@ def _parse(source: str) -> ast.Module:
 
 
 def _body_source(source: str, node: ast.AsyncFunctionDef) -> str:
-    """run_workflow's body as written (comments included), dedented."""
-    lines = source.splitlines()
-    first = node.body[0]
-    chunk = lines[first.lineno - 1: node.end_lineno]
-    chunk[0] = " " * first.col_offset + chunk[0][first.col_offset:]  # the body may share the def's line
-    return textwrap.dedent("\n".join(chunk)).strip("\n")
+    """What the template-similarity check compares, as the original measures it: the text
+    after ``async def run_workflow(self)`` up to the first ``return`` statement (the whole
+    body if there is none), docstring and comments included, stripped. (The original's
+    regex stops at the first *substring* "return", even inside an instruction; we stop at
+    the statement.)"""
+    lines = source.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    offset = lambda lineno, col: starts[lineno - 1] + col  # noqa: E731 (ast columns count characters of the line)
+    header = lines[node.lineno - 1]
+    begin = offset(node.lineno, header.index("run_workflow") + len("run_workflow(self)"))
+    returns = [n for n in ast.walk(node) if isinstance(n, ast.Return)]
+    first = min(returns, key=lambda n: (n.lineno, n.col_offset), default=None)
+    end = offset(first.lineno, first.col_offset) if first is not None else starts[node.end_lineno]
+    return source[begin:end].strip()
+
+
+def max_range_for(family: str) -> int:
+    """The loop bound of a benchmark family: the original's code rule (3 iterations), and
+    its graph-size rule for math and QA (at most 8 operator calls)."""
+    return DEFAULT_MAX_RANGE if family == "code" else MAX_RANGE_CEILING
 
 
 def check_workflow(source: str, operators: Sequence[str], *, max_range: int = DEFAULT_MAX_RANGE) -> CheckedWorkflow:
@@ -1471,7 +1487,7 @@ class CheckedWorkflow:
 
     source: str
     operators_used: dict[str, str]  # attribute -> operator name, in binding order
-    body_source: str  # run_workflow's body, dedented (for the template-similarity check)
+    body_source: str  # run_workflow up to its first return, as the original's similarity check reads it
     _body: tuple[ast.stmt, ...] = field(repr=False)
 
     async def run(self, context: OperatorContext) -> str:

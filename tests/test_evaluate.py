@@ -65,6 +65,7 @@ def overrides(workspace: Path, data_dir: Path, url: str, **extra: str) -> list[s
         "executor.backoff_initial_s": "0.01",
         "executor.backoff_max_s": "0.05",
         "evaluation.vali_num": "3",
+        "datasets.HumanEval.extra_operators": "[Review]",  # these workflows review their code (an option for code)
         **extra,
     }
     return [f"{k}={v}" for k, v in base.items()]
@@ -301,3 +302,14 @@ def test_pairs_from_evaluate_train_smollm2(tmp_path, data_dir):
     manifest = read_json(tmp_path / "ws" / "HumanEval" / "epoch_1" / "optimize.manifest.json")
     assert manifest["status"] == "complete"
     assert (tmp_path / "ws" / "HumanEval" / "epoch_1" / "adapter" / "adapter_config.json").exists()
+
+
+def test_a_workflow_the_checker_now_rejects_is_a_one_line_error(tmp_path, data_dir):
+    """Scored under other settings than it was generated with (Review is no longer offered)."""
+    with FakeOpenAIServer(code_reply) as server:
+        sets = overrides(tmp_path / "ws", data_dir, server.url)
+        make_generate_stage(tmp_path / "ws", data_dir, sets)
+        done = evaluate([s for s in sets if not s.startswith("datasets.HumanEval.extra_operators")])
+        assert done.returncode == 2 and server.requests == []
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert "workflows.jsonl: problem" in line and "does not pass the checker" in line and "'Review'" in line

@@ -6,6 +6,7 @@ same token ids for the sampler and the Score-DPO trainer (one BOS) in both modes
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ import pytest
 
 from benchmarks import get_benchmark
 from benchmarks.base import Problem
-from scoreflow.config import load_config
+from scoreflow.config import DATASETS, load_config
 from scoreflow.prompts import generator_prompt
 from scoreflow.sampling import adds_bos, format_chat, format_raw, prompt_token_ids
+from scoreflow.workflow import check_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "tests"
@@ -23,6 +25,35 @@ LLAMA31_TEMPLATE = (Path(__file__).parent / "data" / "llama31_chat_template.jinj
 PROBLEM = Problem(id="p", question="Tom has 3 apples and buys 4 more. How many apples does he have?",
                   input="Tom has 3 apples and buys 4 more. How many apples does he have?", answer="7")
 SIZE = {"HumanEval": "fewer than 7", "MBPP": "at most 7"}
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_each_datasets_prompt_has_the_originals_structure(dataset: str) -> None:
+    bench = get_benchmark(dataset, load_config())
+    prompt = generator_prompt(bench, PROBLEM)
+    print(f"\n===== {dataset} =====\n{prompt}")
+    template = prompt.split("<graph>\n", 1)[1].split("\n</graph>", 1)[0]
+    checked = check_workflow(template, bench.operators, max_range=bench.max_range)
+    assert sorted(checked.operators_used.values()) == sorted(bench.operators)  # the template binds them all
+    assert "self.problem = problem" in template and "= create(config)" in template
+    assert '"""' in template.split("async def run_workflow(self):", 1)[1]  # the docstring
+    for number, name in enumerate(bench.operators, start=1):
+        assert f"{number}. {name}:" in prompt
+    code, qa = bench.family == "code", bench.family == "qa"
+    label = {"code": "TASK: ", "qa": "Question: "}.get(bench.family, "" if dataset == "MATH" else "Question: ")
+    assert f"\n{label}{PROBLEM.question}\n" in prompt
+    assert (SIZE[dataset] if code else "between 3 and 8") in prompt
+    assert ("at most 3 iterations" in prompt) == code
+    assert ("must contribute" in prompt) == qa
+    assert ("differ from it" in prompt) == (not code)
+    assert '"another"' in prompt and "think step by step" in prompt and "several solutions" in prompt
+    assert prompt.endswith(": ") and "no information from the" in prompt.rsplit("\n", 1)[-1]
+    assert not re.search(r"\bReview\b", prompt) or "Review" in bench.operators
+
+
+def test_code_datasets_offer_the_originals_three_operators() -> None:
+    for dataset in ("HumanEval", "MBPP"):
+        assert get_benchmark(dataset).operators == ("CustomCodeGenerate", "ScEnsemble", "Test")
 
 
 # ---------------------------------------------------------------- token ids: sampler == trainer

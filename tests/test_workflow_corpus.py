@@ -16,7 +16,7 @@ import re
 import pytest
 
 from benchmarks import get_benchmark
-from scoreflow.config import ExecutorConfig
+from scoreflow.config import ExecutorConfig, load_config
 from scoreflow.executor.openai_backend import OpenAIChatClient
 from scoreflow.operators import OperatorContext, make_operator_sandbox
 from scoreflow.workflow import CheckedWorkflow, WorkflowRejected, check_workflow
@@ -92,13 +92,21 @@ def sandboxes():
             sandbox.close()
 
 
+def benchmark_for(entry: CorpusWorkflow, dataset: str):  # type: ignore[no-untyped-def]
+    """The dataset's benchmark; code workflows that use Review get it as the configured extra operator
+    (the original offers code datasets CustomCodeGenerate, ScEnsemble and Test only)."""
+    if entry.family == "code" and "operator.Review(" in entry.source:
+        return get_benchmark(dataset, load_config(None, [f"datasets.{dataset}.extra_operators=[Review]"]))
+    return get_benchmark(dataset)
+
+
 def checked(entry: CorpusWorkflow, dataset: str) -> CheckedWorkflow:
-    return check_workflow(entry.source, get_benchmark(dataset).operators, max_range=MAX_RANGE[entry.family])
+    return check_workflow(entry.source, benchmark_for(entry, dataset).operators, max_range=MAX_RANGE[entry.family])
 
 
 def run_entry(server, sandbox, entry: CorpusWorkflow, dataset: str) -> tuple[str, OperatorContext, int]:
     """Run one workflow on the dataset's trial problem; returns (output, context, requests sent)."""
-    bench = get_benchmark(dataset)
+    bench = benchmark_for(entry, dataset)
     workflow = checked(entry, dataset)
     before = len(server.requests)
 
@@ -135,7 +143,7 @@ def test_the_corpus_covers_every_idiom():
 
 def test_every_operator_of_every_family_is_used():
     for family, names in DATASETS.items():
-        offered = set(get_benchmark(names[0]).operators)
+        offered = set(get_benchmark(names[0]).operators) | ({"Review"} if family == "code" else set())
         used = {name for e in WORKFLOWS if e.family == family for name in checked(e, names[0]).operators_used.values()}
         assert used == offered, (family, offered - used)
 
