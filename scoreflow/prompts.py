@@ -70,13 +70,18 @@ INTROS: dict[str, OperatorIntro] = {
     ),
 }
 
-# What the workflow language does not allow (docs/workflow_language.md), in a few lines.
+# What the workflow language allows (docs/workflow_language.md, "What the generator is told").
 LANGUAGE_RULES = (
-    "Write plain Python inside the class only: assignments, `for _ in range(N)` loops, if/else, "
-    "try/except, list comprehensions, `await asyncio.gather(...)` of operator calls, f-strings, string "
-    "methods (join, strip, lower, upper, replace, split) and len/str/max/min/sorted/sum; no imports, "
-    "no other functions or classes, no while loops, no attribute access besides self.<operator>, "
-    "self.problem and .append."
+    "Write only one `class Workflow` with `__init__(self, config, problem)` and `async def run_workflow(self)`; "
+    "bind operators in `__init__` as in the template. In `run_workflow` use assignments to plain names, "
+    "`list.append(...)`, `for _ in range(N)` with a constant N from 1 to {max_range} (at most two loops nested), "
+    "`if`/`elif`/`else`, `try:`/`except Exception:` and `return` — no `while`, no `for x in a_list`, no other "
+    "functions or classes. Call operators only as `x = await self.op(...)`, `return await self.op(...)`, "
+    "`xs.append(await self.op(...))`, `[await self.op(...) for _ in range(N)]`, or together as "
+    "`await asyncio.gather(self.a(...), self.b(...))`; assign a result before using it in a larger expression. "
+    "You may read `self.problem`; values are strings, numbers and lists of strings; allowed helpers are len, str, "
+    "max/min/sorted (key=len), sum, and .strip(), .lower(), .upper(), .replace(), .split(), .join() with constant "
+    "arguments, and f-strings of names, x[0] or self.problem; no int(), enumerate, .format, dicts or slices."
 )
 
 
@@ -122,7 +127,7 @@ def rules(benchmark: Benchmark) -> list[str]:
         "Instructions for the operators should ask the agent to think step by step. Never ask one operator "
         "for several answers, and since every agent works alone, never ask for \"another\", \"an alternative\", "
         "\"a different\" or \"the first/second\" answer.",
-        LANGUAGE_RULES,
+        LANGUAGE_RULES.format(max_range=benchmark.max_range),
     ]
     if qa:
         listed.insert(2, "Every operator's output must contribute to the value the graph returns; leave out "
