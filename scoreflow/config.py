@@ -64,7 +64,8 @@ class GenerationConfig:
     chat_template: bool = False  # False: the raw completion prompt the original sends; True: chat-formatted
     grammar: bool = False  # grammar-constrained decoding (the paper samples freely)
     grammar_min_calls: int | None = _num(None, 1, 8)  # calls before return; None: 2 where the template check applies, else 1
-    max_resample_rounds: int = _num(20, 0)  # the original retries up to 500 rounds
+    max_resample_rounds: int = _num(500, 0)  # re-sampling rounds for invalid places (the original's 500)
+    resample_time_limit_s: float | None = _num(None, 1.0)  # no new round after this long per chunk; None: no cap
     seed: int = _num(0, 0)
     problem_ids: tuple[str, ...] = ()  # only these problems of each split (smoke runs); empty: all
     max_problems: int | None = _num(None, 1)  # only the first N problems of a split (smoke runs)

@@ -267,7 +267,9 @@ class EvaluateStage:
         if self.task == "inference":
             gen = self.config.generation
             subset = bool(gen.problem_ids or gen.max_problems)
-            return {**solve_rates(records, problems), "runs_per_workflow": self.runs, "subset": subset}
+            with_valid = {w["problem_id"] for w in workflows if w["valid"]}
+            return {**solve_rates(records, problems), "runs_per_workflow": self.runs, "subset": subset,
+                    "problems_without_valid_workflow": len(set(problems) - with_valid)}
         bench = self.benchmark
         means = mean_scores(_runs_by_workflow(records))
         scored = [
@@ -371,6 +373,8 @@ def summary_line(manifest: dict[str, Any]) -> str:
         parts.append(f"solve rate {c['solve_rate']:.1%} of {c['test_problems']} test problems{runs}")
         if "judge_solve_rate" in c:
             parts.append(f"judged {c['judge_solve_rate']:.1%}")
+        if c.get("problems_without_valid_workflow"):
+            parts.append(f"{c['problems_without_valid_workflow']} test problems without a valid workflow (counted 0)")
     if "preferences" in c:
         p = c["preferences"]
         parts.append(f"{p['pairs_available']} pairs available, {p['pairs_sampled']} sampled, {p['problems_without_pairs']} problems without a pair, mean gap {p['mean_gap_available']}")

@@ -212,12 +212,19 @@ class GenerateStage:
         self, chunk: list[Problem], prompts: dict[str, str], sampler: Sampler, validator: WorkflowValidator,
         streak: FailureStreak, seed: int,
     ) -> dict[str, list[Slot]]:
-        """Sample k per problem, then re-sample the invalid places for bounded rounds."""
+        """Sample k per problem, then re-sample the invalid places until every problem has k
+        valid ones: at most ``max_resample_rounds`` more rounds (the original: 500), and no new
+        round once the chunk has spent ``resample_time_limit_s`` (when set)."""
+        gen = self.config.generation
         slots = {p.id: [Slot() for _ in range(self.k)] for p in chunk}
-        for round_index in range(self.config.generation.max_resample_rounds + 1):
+        started = time.monotonic()
+        for round_index in range(gen.max_resample_rounds + 1):
             todo = {p.id: [s for s in slots[p.id] if not s.valid] for p in chunk}
             todo = {pid: places for pid, places in todo.items() if places}
             if not todo:
+                break
+            if round_index and gen.resample_time_limit_s is not None and time.monotonic() - started > gen.resample_time_limit_s:
+                self.stats["stopped by resample_time_limit_s"] += 1
                 break
             self.stats["rounds"] = max(self.stats["rounds"], round_index + 1)
             round_seed = seed + 7919 * round_index
@@ -282,6 +289,7 @@ class GenerateStage:
             "problems_without_valid": len({r["problem_id"] for r in records} - {r["problem_id"] for r in records if r["valid"]}),
             "samples_this_run": self.stats["sampled"],
             "resample_rounds": self.stats["rounds"],
+            "chunks_stopped_by_resample_time_limit": self.stats["stopped by resample_time_limit_s"],
             "rejections": rejections,
             "generation_tokens_per_s": round(completion / self.sampling_s, 2) if self.sampling_s else None,
             "wall_time_s": round(wall_s, 2),
@@ -301,7 +309,8 @@ def summary_line(manifest: dict[str, Any]) -> str:
     rejections = ", ".join(f"{k} {v}" for k, v in c["rejections"].items()) or "none"
     speed = f"{c['generation_tokens_per_s']} tok/s" if c["generation_tokens_per_s"] else "no sampling needed"
     return (
-        f"{c['valid']}/{c['workflows']} workflows valid ({c['valid_rate']:.0%}) for {c['problems']} problems; "
+        f"{c['valid']}/{c['workflows']} workflows valid ({c['valid_rate']:.0%}) for {c['problems']} problems "
+        f"({c['problems_without_valid']} without one); "
         f"rejections: {rejections}; resample rounds {c['resample_rounds']}; {speed}; "
         f"{usage_line(manifest['usage']['executor'])}; "
         f"{c['wall_time_s']} s"

@@ -270,9 +270,12 @@ def _epoch_table(results: list[EpochResult]) -> list[str]:
 
 
 def _test_rate_cell(r: EpochResult) -> str:
-    if not r.judged_headline:
-        return _fmt(r.solve_rate, ".1%")
-    return f"judged {_fmt(r.judge_solve_rate, '.1%')}, exact {_fmt(r.solve_rate, '.1%')}"
+    """The test solve rate, and how many test problems had no valid workflow (they count 0)."""
+    rate = _fmt(r.solve_rate, ".1%")
+    if r.judged_headline:
+        rate = f"judged {_fmt(r.judge_solve_rate, '.1%')}, exact {rate}"
+    without = r.counts("inference_evaluate").get("problems_without_valid_workflow")
+    return f"{rate} ({without} without a valid workflow)" if without else rate
 
 
 def _training_cell(training: dict[str, Any] | None) -> str:

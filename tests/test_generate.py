@@ -192,3 +192,23 @@ def test_generate_stops_when_the_executor_is_down_and_records_nothing(tmp_path, 
     assert not workflows.exists() or workflows.read_text() == ""  # no workflow "rejected" for the server's fault
     manifest = read_json(tmp_path / "HumanEval" / "epoch_0" / "generate.manifest.json")
     assert manifest["status"] == "running" and "connection refused" in manifest["sessions"][-1]["stopped"]
+
+
+@pytest.mark.slow
+def test_invalid_places_are_resampled_until_the_round_limit_or_the_time_cap(tmp_path, data_dir, tiny_dir):
+    """A random 2-layer model never writes a valid workflow: every place is re-sampled for
+    max_resample_rounds rounds (the original: 500), or until the per-chunk time cap."""
+    base = [f"workspace={tmp_path}", f"data_dir={data_dir}", f"generator.model={tiny_dir}",
+            "generator.backend=transformers", "generator.dtype=float32", "generation.k=2",
+            "generation.max_problems=1", "generation.max_new_tokens=4", "executor.model=m",
+            "executor.base_url=http://127.0.0.1:9/v1"]  # never reached: nothing gets to a trial
+    done = generate("--epoch", "0", *[a for s in [*base, "generation.max_resample_rounds=3"] for a in ("--set", s)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = read_json(tmp_path / "HumanEval" / "epoch_0" / "generate.manifest.json")["counts"]
+    assert counts["resample_rounds"] == 4 and counts["samples_this_run"] == 8 and counts["problems_without_valid"] == 1
+    assert "(1 without one)" in done.stdout
+    capped = [*base, f"workspace={tmp_path / 'capped'}", "generation.resample_time_limit_s=1"]
+    done = generate("--epoch", "0", *[a for s in capped for a in ("--set", s)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = read_json(tmp_path / "capped" / "HumanEval" / "epoch_0" / "generate.manifest.json")["counts"]
+    assert counts["chunks_stopped_by_resample_time_limit"] == 1 and 1 < counts["resample_rounds"] < 500

@@ -109,29 +109,6 @@ def test_score_dpo_loss_is_the_formula() -> None:
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir() -> Path:
-    folder = models.resolve_model(models.DEFAULT_EMBEDDED_MODEL, CACHE)
-    assert isinstance(folder, Path)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised 2-layer Llama that shares SmolLM2's tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def chat_prompt(tokenizer: Any, question: str) -> str:
