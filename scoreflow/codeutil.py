@@ -21,6 +21,21 @@ _FENCE_HEAD = re.compile(r"\s*(`{3,}|~{3,})\s*([\w+.-]*)")
 _PYTHON_TAGS = frozenset({"", "python", "py", "ipython"})  # digits cut: python3 -> python
 _CODE_START = re.compile(r"^(def |async def |class |import |from |@)")
 _MAX_FALLBACK_STARTS = 50
+_MAX_WALK_UP = 50  # lines looked at above a start for the statements that lead up to it
+_MAX_LEAD_IN_TRIES = 8  # parses of those statements per start
+# A margin line that starts a statement a definition may need (a constant, a call such as
+# sys.setrecursionlimit, the end of a bracketed value); only where to try a parse, which decides.
+_STATEMENT_LIKE = re.compile(
+    r"[A-Za-z_][\w.]*(?:\[[^\]\n]*\])?[ \t]*(?:[-+*/%&|^@]|//|\*\*|>>|<<)?=(?!=)"
+    r"|[A-Za-z_]\w*[ \t]*(?:,[ \t]*[A-Za-z_]\w*[ \t]*)+="
+    r"|[A-Za-z_]\w*[ \t]*:[ \t]*[^ \t\n]"
+    r"|[A-Za-z_][\w.]*\("
+    r"|[\])}]"
+    r"|(?:if|elif|else|for|while|with|try|except|finally|assert|raise|del|pass|global|async|await)\b"
+)
+_STATEMENT_LOOKAHEAD = 200  # characters of a line the pattern reads
+_IMPORT_LINE = re.compile(r"(?:import|from)[ \t]")
+_MAX_IMPORT_LINES = 100
 
 # Work budget of one sanitize call, in characters handed to ast.parse (see sanitize).
 _BUDGET_PER_CHAR = 6
@@ -46,25 +61,31 @@ def _fence_closes(line: str, fence: str) -> bool:
     return bool(stripped) and set(stripped) == {fence[0]} and len(stripped) >= len(fence)
 
 
-def _all_fenced_blocks(text: str) -> list[tuple[str, str]]:
-    """(language, content) of every fenced block; an unclosed last block runs to the end."""
-    blocks: list[tuple[str, str]] = []
+def _all_fenced_blocks(text: str) -> list[tuple[str, str, int]]:
+    """(language, content, index of its first line) of every fenced block; an unclosed
+    last block runs to the end."""
+    blocks: list[tuple[str, str, int]] = []
     current: list[str] | None = None
-    fence, language = "", ""
-    for line in text.splitlines():
+    fence, language, first = "", "", 0
+    for index, line in enumerate(text.splitlines()):
         if current is None:
             opened = _fence_open(line)
             if opened is not None:
-                fence, language = opened
+                (fence, language), first = opened, index + 1
                 current = []
         elif _fence_closes(line, fence):
-            blocks.append((language, textwrap.dedent("\n".join(current))))
+            blocks.append((language, textwrap.dedent("\n".join(current)), first))
             current = None
         else:
             current.append(line)
     if current is not None:
-        blocks.append((language, textwrap.dedent("\n".join(current))))
+        blocks.append((language, textwrap.dedent("\n".join(current)), first))
     return blocks
+
+
+def _python_blocks(text: str) -> list[tuple[str, int]]:
+    """(content, first line) of the Python (or untagged) fenced blocks, in order."""
+    return [(code, first) for lang, code, first in _all_fenced_blocks(_clean(text)) if lang in _PYTHON_TAGS]
 
 
 def extract_code_blocks(text: str) -> list[str]:
@@ -73,7 +94,7 @@ def extract_code_blocks(text: str) -> list[str]:
     Blocks tagged with another language are recognised (so their fences do
     not confuse the pairing) but left out.
     """
-    return [code for lang, code in _all_fenced_blocks(_clean(text)) if lang in _PYTHON_TAGS]
+    return [code for code, _ in _python_blocks(text)]
 
 
 # ------------------------------------------------------------------- parsing
@@ -387,21 +408,24 @@ def _first_line(node: ast.stmt) -> int:
     return min([node.lineno] + [d.lineno for d in decorators]) if decorators else node.lineno
 
 
-def _parsable_windows(text: str, entry_point: str, session: _Session) -> list[str]:
-    """Parsable slices of ``text``: the longest prefix from the top, from each
-    line that looks like the start of code (the first few dozen), and from each
-    line defining ``entry_point``. This drops leading prose and broken tails.
+def _parsable_windows(text: str, entry_point: str, session: _Session) -> list[tuple[str, int]]:
+    """Parsable slices of ``text`` as (source, first line): the longest prefix from
+    the top, from each line that looks like the start of code (the first few
+    dozen), and from each line defining ``entry_point``, each led in by the
+    statements right above its start when those parse (see :func:`_lead_in`).
+    This drops leading prose and broken tails.
 
     A start that begins a top-level statement of an earlier window is skipped:
     its window would be that window's tail, never the longest one.
     """
     lines = text.splitlines()
     code_starts = [i for i, line in enumerate(lines) if i and _CODE_START.match(line)]
-    entry = re.compile(rf"^(async\s+)?def\s+{re.escape(entry_point)}\b")
+    name = re.escape(entry_point)
+    entry = re.compile(rf"^(?:(?:async\s+)?def\s+{name}\b|class\s+{name}\b|{name}[ \t]*(?::[^=\n]*)?=(?!=))")
     entry_starts = [i for i, line in enumerate(lines) if entry.match(line)]
     starts = sorted({0, *code_starts[:_MAX_FALLBACK_STARTS], *entry_starts})
     scans = _Scans(lines, session)
-    windows: list[str] = []
+    windows: list[tuple[str, int]] = []
     covered: set[int] = set()
     for start in starts:
         if session.exhausted:
@@ -409,10 +433,57 @@ def _parsable_windows(text: str, entry_point: str, session: _Session) -> list[st
         if start in covered:
             continue
         found = _longest_parsable_prefix(start, scans)
-        if found is not None:
-            windows.append(found[0])
-            covered.update(start + _first_line(node) - 1 for node in found[1].body)
+        if found is None:
+            continue
+        begin, (source, tree) = _lead_in(lines, start, found, session)
+        windows.append((source, begin))
+        covered.update(begin + _first_line(node) - 1 for node in tree.body)
     return windows
+
+
+def _lead_in(
+    lines: list[str], start: int, window: tuple[str, ast.Module], session: _Session
+) -> tuple[int, tuple[str, ast.Module]]:
+    """The window from ``start`` with the statements right above it put in front, from the
+    highest line where they parse; the window itself if there are none.
+
+    Unfenced code after prose often opens with a constant the first definition needs
+    (``NO_OF_CHARS = 256`` above ``def ...``): MetaGPT's longest span keeps it, a window
+    from the ``def`` would not. Complete statements followed by a window that starts a
+    statement at the margin parse together (checked). Where a lead-in fails, the next
+    try starts below the line the parser blamed.
+    """
+    above = _statements_above(lines, start, session)
+    tries = 0
+    while above and tries < _MAX_LEAD_IN_TRIES and not session.exhausted:
+        tries += 1
+        begin = above[0]
+        lead = "\n".join(lines[begin:start])
+        outcome = session.parse(lead)
+        if isinstance(outcome, ast.Module):
+            combined = f"{lead}\n{window[0]}"
+            tree = session.parse(combined)
+            return (begin, (combined, tree)) if isinstance(tree, ast.Module) else (start, window)
+        blamed = begin + (outcome.lineno or 1) - 1 if isinstance(outcome, _Failure) else start
+        above = [line for line in above if line > blamed] if blamed > begin else above[1:]
+    return start, window
+
+
+def _statements_above(lines: list[str], start: int, session: _Session) -> list[int]:
+    """Where a lead-in to ``start`` may begin, top first: the statement-like and comment
+    lines at the margin in the run of such lines (with the blank and indented lines
+    among them) right above it. Lines read are charged to the budget."""
+    found: list[int] = []
+    for index in range(start - 1, max(-1, start - 1 - _MAX_WALK_UP), -1):
+        line = lines[index]
+        if not session.spend(min(len(line), _STATEMENT_LOOKAHEAD) + 1):
+            break
+        if not line.strip() or line[0] in " \t\f":
+            continue  # blank, or inside a statement that began higher up (or indented prose)
+        if line[0] != "#" and (_CODE_START.match(line) or not _STATEMENT_LIKE.match(line, 0, _STATEMENT_LOOKAHEAD)):
+            break  # prose, or a start of its own
+        found.append(index)  # a statement, or a comment (MetaGPT counts its line too)
+    return found[::-1]
 
 
 # ------------------------------------------------------- top-level statements
@@ -433,6 +504,14 @@ class _Unit:
         """Free names, found only for the units the dependency search reaches."""
         return set() if self.read_from is None else _free_names(self.read_from)
 
+    @cached_property
+    def defines(self) -> bool:
+        """Whether MetaGPT's sanitizer takes it for a definition: anything but a function
+        without a ``return`` statement (found only where two units bind one name)."""
+        if not isinstance(self.node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return True
+        return any(isinstance(child, ast.Return) for child in ast.walk(self.node))
+
 
 @dataclass
 class _Module:
@@ -443,10 +522,31 @@ class _Module:
     definitions: dict[str, _Unit] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for unit in self.units:  # later definitions win, as at run time
+        for unit in self.units:
             if not unit.is_import:
                 for name in unit.binds:
-                    self.definitions[name] = unit
+                    self._bind(name, unit)
+
+    def _bind(self, name: str, unit: _Unit) -> None:
+        """The first definition of a name wins, as in MetaGPT's sanitizer, which skips
+        functions without ``return``: a later one with it replaces such a function (kept
+        only where nothing else defines the name: MetaGPT would drop a needed helper)."""
+        held = self.definitions.get(name)
+        if held is None or (not held.defines and unit.defines):
+            self.definitions[name] = unit
+
+    @cached_property
+    def weight(self) -> int:
+        """Non-blank lines: what MetaGPT's longest-span search compares."""
+        return sum(1 for line in self.source.splitlines() if line.strip())
+
+
+@dataclass(frozen=True, eq=False)
+class _Candidate:
+    """A parsed span of the reply and the line it starts on (ties go to the earlier one)."""
+
+    module: _Module
+    line: int
 
 
 def _free_names(node: ast.AST) -> set[str]:
@@ -559,14 +659,13 @@ def _build_module(source: str, tree: ast.Module) -> _Module:
 
 
 def _method_owner(module: _Module, name: str) -> str | None:
-    """Name of the last top-level class with a method called ``name``."""
-    owner = None
+    """Name of the first top-level class with a method called ``name``."""
     for unit in module.units:
         if isinstance(unit.node, ast.ClassDef) and any(
             isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name == name for item in unit.node.body
         ):
-            owner = unit.node.name
-    return owner
+            return unit.node.name
+    return None
 
 
 def _has_entry(module: _Module, entry_point: str) -> bool:
@@ -652,10 +751,10 @@ def _keep_always(unit: _Unit) -> bool:
     return _is_recursion_limit(unit.node)
 
 
-def _blocks(text: str, session: _Session) -> list[_Module]:
+def _blocks(text: str, session: _Session) -> list[_Candidate]:
     """Fenced blocks as modules; a block with a broken tail keeps its parsable prefix."""
-    modules = []
-    for code in extract_code_blocks(text):
+    candidates = []
+    for code, line in _python_blocks(text):
         if session.exhausted:
             break
         module = session.module(code)
@@ -663,50 +762,58 @@ def _blocks(text: str, session: _Session) -> list[_Module]:
             found = _longest_parsable_prefix(0, _Scans(code.splitlines(), session))
             module = session.module(found[0]) if found is not None else None
         if module is not None:
-            modules.append(module)
-    return modules
+            candidates.append(_Candidate(module, line))
+    return candidates
 
 
-def _windows(text: str, entry_point: str, session: _Session) -> list[_Module]:
-    modules = [session.module(window) for window in _parsable_windows(text, entry_point, session)]
-    return [m for m in modules if m is not None]
+def _windows(text: str, entry_point: str, session: _Session) -> list[_Candidate]:
+    found = [(session.module(source), line) for source, line in _parsable_windows(text, entry_point, session)]
+    return [_Candidate(module, line) for module, line in found if module is not None]
+
+
+def _longest(candidates: list[_Candidate], entry_point: str) -> _Candidate:
+    """MetaGPT's choice among parsable spans: the most non-blank lines, then the earliest;
+    a span with the entry point only as a method (which MetaGPT cannot use) comes last."""
+    return min(candidates, key=lambda c: (entry_point not in c.module.definitions, -c.module.weight, c.line))
 
 
 def sanitize(text: str, entry_point: str) -> str:
     """Source defining ``entry_point`` plus everything it needs, nothing else.
 
-    Tries the whole text, then the fenced blocks (the last one defining the
-    entry point wins; helpers missing there are borrowed from the other
-    blocks), then parsable line windows. Keeps all imports, the entry point,
-    and the functions, classes and simple assignments it (transitively)
-    references; drops demo code. A method-only entry point gets a module-level
-    wrapper. If the entry point is nowhere, returns the best parsable code
-    unchanged so the hidden test fails naturally.
+    The span of code is chosen as MetaGPT's sanitizer chooses it: the parsable
+    span with the most non-blank lines (ties: the earliest), among the whole
+    text, the fenced blocks and parsable line windows, here among those that
+    define the entry point (MetaGPT would take a longer span without it, such
+    as a block of tests, and lose the solution). Names a block lacks are
+    borrowed from the other blocks. Keeps all imports, the entry point, and the
+    functions, classes and simple assignments it (transitively) references; the
+    first definition of a name wins, functions without ``return`` only where
+    nothing else defines the name; drops demo code. A method-only entry point
+    gets a module-level wrapper. If the entry point is nowhere, returns the best
+    parsable code unchanged so the hidden test fails naturally.
 
     This runs on the event loop that thousands of workflow runs share, and a
     reply can be 200,000 hostile characters, so the work is linear in
     ``len(text)`` by construction: one budget of ``6 * len(text) + 100_000``
     characters pays for every character handed to ast.parse (plus 16 a call)
-    and every line the cut-point scan reads. Once it is spent the search stops
-    and the best candidate found so far is used. Ordinary replies use a few
-    percent of it; only a long reply with dozens of prose-separated unfenced
-    snippets could run out before the last window.
+    and every line the cut-point scan and the walk above a start read. Once it
+    is spent the search stops and the best candidate found so far is used.
+    Ordinary replies use a few percent of it; only a long reply with dozens of
+    prose-separated unfenced snippets could run out before the last window.
     """
     text = _clean(text)
     session = _Session(len(text))
     whole = session.module(text)
     if whole is not None and _has_entry(whole, entry_point):
-        return _extract(whole, [], entry_point)
+        return _extract(whole, [], entry_point)  # the longest span there is
     blocks = _blocks(text, session)
-    for index in range(len(blocks) - 1, -1, -1):
-        if _has_entry(blocks[index], entry_point):
-            others = blocks[:index] + blocks[index + 1 :]
-            return _extract(blocks[index], others, entry_point)
     windows = _windows(text, entry_point, session)
-    defining = [m for m in windows if _has_entry(m, entry_point)]
+    defining = [c for c in blocks + windows if _has_entry(c.module, entry_point)]
     if defining:
-        return _extract(max(defining, key=lambda m: len(m.source)), [], entry_point)
-    return _best_unchanged(text, whole, blocks, windows)
+        best = _longest(defining, entry_point)  # a block wins a tie with the same window: it comes first
+        pool = [c.module for c in blocks if c is not best] if best in blocks else []
+        return _extract(best.module, pool, entry_point)
+    return _best_unchanged(text, whole, [c.module for c in blocks], [c.module for c in windows])
 
 
 def _best_unchanged(text: str, whole: _Module | None, blocks: list[_Module], windows: list[_Module]) -> str:
@@ -718,6 +825,14 @@ def _best_unchanged(text: str, whole: _Module | None, blocks: list[_Module], win
     if windows:
         return max(windows, key=lambda m: len(m.source)).source
     return text
+
+
+def import_statements(code: str) -> str:
+    """The one-line top-level imports of ``code`` that parse on their own, in order: what
+    MetaGPT's sanitizer keeps of a reply without the entry point (the Programmer then
+    has no ``solve``). At most the first hundred such lines are read."""
+    lines = [line for line in _clean(code).splitlines() if _IMPORT_LINE.match(line)][:_MAX_IMPORT_LINES]
+    return "\n".join(line.rstrip() for line in lines if isinstance(_parse_outcome(line), ast.Module))
 
 
 def defines_function(code: str, name: str) -> bool:

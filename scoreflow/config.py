@@ -89,10 +89,11 @@ class ExecutorConfig:
     base_url: str | None = None  # None: the OpenAI API; any OpenAI-compatible server
     api_key_env: str = "OPENAI_API_KEY"  # the variable's *name*; the key stays in the environment
     temperature: float = _num(0.0, 0.0, 2.0)
-    max_tokens: int | None = _num(None, 1)
+    system_message: str | None = "You are a helpful assistant."  # MetaGPT's default on every call; null: none
+    max_tokens: int | None = _num(4096, 1)  # MetaGPT sends 4096
     max_request_chars: int | None = _num(200_000, 1000)  # longer requests are cut in the middle (recorded)
     concurrency: int = _num(50, 1)  # requests out at once; a local server: its number of slots
-    request_timeout_s: float = _num(120.0, 0.1)
+    request_timeout_s: float = _num(600.0, 0.1)  # MetaGPT's 600 s
     max_retries: int = _num(6, 0)
     backoff_initial_s: float = _num(1.0, 0.0)
     backoff_max_s: float = _num(60.0, 0.0)
@@ -111,8 +112,9 @@ class OperatorConfig:
     """Bounds inside the operators (SPEC section 3)."""
 
     programmer_time_limit_s: float = _num(30.0, 0.1)
-    programmer_max_tries: int = _num(3, 1)
-    test_max_rounds: int = _num(3, 1)
+    programmer_max_tries: int = _num(3, 1)  # write-and-run rounds with the error as feedback
+    programmer_attempts: int = _num(3, 1)  # the whole operator again on an exception (the original's @retry(3))
+    programmer_retry_wait_s: float = _num(2.0, 0.0)  # between those attempts (wait_fixed(2))
 
 
 @dataclass(frozen=True)
@@ -193,15 +195,15 @@ class DatasetSettings:
     trial_time_limit_s: float = _num(60.0, 0.1)
     check_time_limit_s: float = _num(10.0, 0.1)  # code: hidden tests; MATH: symbolic check
     n_pairs: int = _num(2000, 1)  # preference pairs resampled with replacement
-
-
     test_max_rounds: int = _num(10, 1)  # code: repair rounds of the Test operator (the original: 10, MBPP 6)
     extra_operators: tuple[str, ...] = ()  # offered besides the original's set (e.g. Review for code)
+
+
 def _default_datasets() -> dict[str, DatasetSettings]:
     code = dict(workflow_time_limit_s=240.0, trial_time_limit_s=120.0, similarity_threshold=1.1)
     return {
         "HumanEval": DatasetSettings(**code, check_time_limit_s=40.0, n_pairs=600),
-        "MBPP": DatasetSettings(**code, check_time_limit_s=15.0),
+        "MBPP": DatasetSettings(**code, check_time_limit_s=15.0, test_max_rounds=6),
         "GSM8K": DatasetSettings(similarity_threshold=0.8),
         "MATH": DatasetSettings(similarity_threshold=0.75),
         "DROP": DatasetSettings(similarity_threshold=0.75),

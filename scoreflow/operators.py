@@ -12,8 +12,10 @@ Operators return plain strings so that the workflow language stays small.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import secrets
 import string
 import time
 from dataclasses import dataclass, field
@@ -22,11 +24,12 @@ from typing import Any, ClassVar
 
 from benchmarks.base import Benchmark, Problem
 from benchmarks.families import CodeBenchmark
-from scoreflow.codeutil import extract_code_blocks
+from scoreflow.codeutil import extract_code_blocks, import_statements
 from scoreflow.config import OperatorConfig
-from scoreflow.executor.client import ChatClient, ChatReply
+from scoreflow.executor.client import ChatClient, ChatReply, RequestRefused
 from scoreflow.offload import sanitize_async
-from scoreflow.sandbox import Sandbox, SandboxResult
+from scoreflow.runclock import queued
+from scoreflow.sandbox import Sandbox, SandboxResult, SandboxUnavailable
 
 # Modules the Programmer's fork server loads up front: model-written solvers use them.
 PROGRAMMER_PRELOAD = ("math", "fractions", "itertools", "sympy", "numpy")
@@ -131,6 +134,14 @@ class Operator:
             self.context.trace.append(call)
 
     @property
+    def problem_text(self) -> str:
+        """The problem as the operators state it: a code problem is led by a task sentence
+        (the original's framing of code problems); others are the benchmark's input."""
+        if self.context.benchmark.family == "code":
+            return CODE_TASK_INTRO + self.problem.input
+        return self.problem.input
+
+    @property
     def code_benchmark(self) -> CodeBenchmark:
         bench = self.context.benchmark
         if not isinstance(bench, CodeBenchmark):
@@ -165,28 +176,42 @@ def parse_fields(text: str, names: tuple[str, ...]) -> dict[str, str]:
 
 
 def solution_letter(text: str, count: int) -> int | None:
-    """Index of the chosen solution (A, B, ...): the tagged field, else an explicit verdict.
+    """Index of the chosen solution: the ``solution_letter`` field, stripped, must be exactly
+    one of the letters A, B, ... (any case), as the original reads it; else None.
 
-    Capital letters in prose ("A good answer...") are not taken for a verdict; only the
-    ``solution_letter`` field, a bare letter, or "solution/letter/answer X" count.
-    """
-    letters = string.ascii_uppercase[:count]
+    Letters in prose ("The best is Solution C.") are not read: the original takes only
+    the field. The field's tags are read leniently (:func:`parse_fields`)."""
     tagged = parse_fields(text, ("solution_letter",)).get("solution_letter")
-    patterns = [rf"^\W*([{letters}])\W*$"] if tagged is not None else [
-        rf"^\W*([{letters}])\W*$",
-        rf"(?i:solution|letter|answer)\s*(?:(?:is|:)\s*)?\(?([{letters}])\b",  # one blank run: linear
-    ]
-    for pattern in patterns:
-        match = re.search(pattern, (tagged if tagged is not None else text).strip(), re.IGNORECASE if tagged else 0)
-        if match:
-            return letters.index(match.group(1).upper())
-    return None
+    if tagged is None or len(tagged) != 1:
+        return None
+    index = string.ascii_uppercase.find(tagged.upper())
+    return index if 0 <= index < count else None
 
 
 def first_code(text: str) -> str:
     """The last fenced code block, else the whole text (for code without an entry point)."""
     blocks = extract_code_blocks(text)
     return blocks[-1] if blocks else text.strip()
+
+
+# ---------------------------------------------------------------- fixed texts (our wording)
+
+# Code problems reach the operators led by a task sentence, as the original's code operators
+# state them ("You have the following task: " + prompt).
+CODE_TASK_INTRO = "Here is the task to solve: "
+# AnswerGenerate returns reasoning, this sentence and the answer (the original's structure).
+ANSWER_MARKER = "This gives the final answer: "
+# Programmer: what it returns (code, then its output), or that no code came back.
+PROGRAMMER_RAN = "This code was written for the problem and run:\n"
+PROGRAMMER_OUTPUT = "\nIts output: "
+NO_CODE = "No code was written."
+# Test: the instruction of the fresh attempt after the repair rounds (the original asks to
+# analyse the problem step by step and generate the code).
+FRESH_ATTEMPT = "Work through the problem step by step, then write the code."
+
+
+class UnreadableChoice(ValueError):
+    """ScEnsemble's reply names no solution: the run fails (and is retried), as the original's KeyError."""
 
 
 # ---------------------------------------------------------------- operators
@@ -201,7 +226,7 @@ class Custom(Operator):
 
     async def __call__(self, instruction: str = "") -> str:
         async def go(call: OperatorCall) -> str:
-            return await self._ask(call, f"{instruction}\n\n{self.problem.input}".strip())
+            return await self._ask(call, f"{instruction}\n\n{self.problem_text}".strip())
 
         return await self._traced(go)
 
@@ -210,21 +235,29 @@ class AnswerGenerate(Operator):
     name = "AnswerGenerate"
     attribute = "answer_generate"
     signature = "await self.answer_generate()"
-    description = "Reasons step by step about the question and returns a short final answer."
+    description = "Reasons step by step about the question and returns its reasoning with a short final answer."
     keywords = ()
 
     async def __call__(self) -> str:
         async def go(call: OperatorCall) -> str:
             prompt = (
-                f"{self.problem.input}\n\n"
-                "Think through the question step by step, then give the answer. Reply in this form:\n"
-                "<thought>your step-by-step reasoning</thought>\n"
-                "<answer>the final answer only: a name, phrase, date or number, as short as possible</answer>"
+                "Solve the problem by reasoning step by step.\n"
+                "1. In <thought>, set out your reasoning in full.\n"
+                "2. In <answer>, give only the final answer, short and plain: it answers the question "
+                "directly, with no explanation or reasoning.\n"
+                f"The problem: {self.problem.input}\n\n"
+                "Reply in this form:\n<thought>your reasoning</thought>\n<answer>the final answer</answer>"
             )
-            reply = await self._ask(call, prompt)
-            return parse_fields(reply, ("thought", "answer")).get("answer") or reply.strip()
+            fields = parse_fields(await self._ask(call, prompt), ("thought", "answer"))
+            return answer_with_reasoning(fields.get("thought", ""), fields.get("answer", ""))
 
         return await self._traced(go)
+
+
+def answer_with_reasoning(thought: str, answer: str) -> str:
+    """What AnswerGenerate returns: the reasoning, a newline, the marker sentence, the answer
+    (a missing field is empty, as the original's field defaults)."""
+    return f"{thought}\n{ANSWER_MARKER}{answer}"
 
 
 class CustomCodeGenerate(Operator):
@@ -243,7 +276,9 @@ class CustomCodeGenerate(Operator):
     async def _generate(self, call: OperatorCall, instruction: str) -> str:
         entry = self.problem.entry_point
         prompt = (
-            f"{instruction}\n\n{self.problem.input}\n\n"
+            f"{instruction}\n\n{self.problem_text}\n\n"
+            "Check your code on four points: the logic is right, every case the problem allows is handled, "
+            f"the problem is not misread, and the function is named `{entry}`.\n"
             f"Write the Python function `{entry}` with any imports and helper functions it needs. "
             "Reply with one ```python code block holding the complete code, without tests or example usage."
         ).strip()
@@ -259,56 +294,129 @@ class Programmer(Operator):
         "and returns the code with its output; it retries with the error when the program fails."
     )
     keywords = ("analysis",)
+    _not_retried = (RequestCapExceeded, RequestRefused, SandboxUnavailable)
 
-    async def __call__(self, analysis: str = "") -> str:
+    async def __call__(self, analysis: str = "None") -> str:
         async def go(call: OperatorCall) -> str:
-            feedback, code, outcome = "", "", "no program was written"
-            for _ in range(self.context.settings.programmer_max_tries):
-                code = first_code(await self._ask(call, self._prompt(analysis, feedback)))
-                result = await self._run_code(call, program_with_call(code), self.context.settings.programmer_time_limit_s)
-                if result.passed:
-                    return f"Code:\n```python\n{code}\n```\nOutput: {result.output.strip()}"
-                outcome = f"{result.status}: {result.message}"
-                feedback = f"\n\nYour previous program:\n```python\n{code}\n```\nfailed with: {outcome}\nFix it."
-            return f"Code:\n```python\n{code}\n```\nOutput: error ({outcome})"
+            return await self._with_retries(call, analysis)
 
         return await self._traced(go)
 
+    async def _with_retries(self, call: OperatorCall, analysis: str) -> str:
+        """The whole operator again when it raises, as the original's ``@retry(stop_after_attempt(3),
+        wait_fixed(2))``: up to ``programmer_attempts`` attempts. A capped or refused request, or a
+        sandbox that cannot start, would fail the same way again and is raised at once."""
+        settings = self.context.settings
+        for _ in range(settings.programmer_attempts - 1):
+            try:
+                return await self._attempt(call, analysis)
+            except self._not_retried:
+                raise
+            except Exception:  # noqa: BLE001 - as the original, whatever it was
+                with queued():  # a pause, not the run's work
+                    await asyncio.sleep(settings.programmer_retry_wait_s)
+        return await self._attempt(call, analysis)
+
+    async def _attempt(self, call: OperatorCall, analysis: str) -> str:
+        """Write ``solve()``, run it, feed the error back: ``programmer_max_tries`` rounds."""
+        settings = self.context.settings
+        feedback, code, output = "", "", ""
+        for _ in range(settings.programmer_max_tries):
+            code = programmer_code(await sanitize_async(await self._ask(call, self._prompt(analysis, feedback)), "solve"))
+            if not code.strip():
+                return NO_CODE
+            marker = f"<<solve() returned {secrets.token_hex(8)}>>"
+            result = await self._run_code(call, programmer_program(code, marker), settings.programmer_time_limit_s)
+            if result.passed:
+                return programmer_report(code, returned_value(result.output, marker))
+            output = f"{result.status}: {result.message}"
+            feedback = (
+                "\nYour code from the previous round failed.\n"
+                f"The code:\n{code}\n\nWhat happened: {output}"
+            )
+        return programmer_report(code, output)
+
     def _prompt(self, analysis: str, feedback: str) -> str:
         return (
-            f"Problem:\n{self.problem.input}\n\nAnalysis:\n{analysis}\n\n"
-            "Write a Python function `solve()` that computes the problem's final answer and returns it. "
-            "You may use the standard library, sympy and numpy; do not read input or print. "
-            "Reply with one ```python code block." + feedback
+            "You are an expert Python programmer. Write complete, self-contained code that solves the problem "
+            "below and produces its answer, with every import it needs, ready to run as it is.\n\n"
+            f"The problem: {self.problem.input}\nFurther analysis: {analysis}\n{feedback}\n\n"
+            "The code must:\n"
+            "1. carry out the calculation the problem describes;\n"
+            "2. define a function `solve()` without parameters that does the calculation, taking every input "
+            "from inside the function or from variables defined at the top of the code;\n"
+            "3. return the final result from `solve()`.\n"
+            "Keep it efficient and commented. The result must be a plain value (a string, integer or float); "
+            "no images, files or plots: the output is read by a language model. "
+            "Reply with one ```python code block."
         )
 
 
-def program_with_call(code: str) -> str:
-    """The Programmer's code followed by the call whose printed value is the output."""
-    return f"{code}\n\nprint(solve())\n"
+def programmer_code(sanitized: str) -> str:
+    """The code the Programmer runs: the sanitized reply if it defines ``solve``; else only its
+    imports (what MetaGPT's sanitizer keeps when the entry point is missing), which is "" when
+    the reply holds no code at all."""
+    return sanitized if _DEFINES_SOLVE.search(sanitized) else import_statements(sanitized)
+
+
+_DEFINES_SOLVE = re.compile(r"^(?:async[ \t]+def|def|class)[ \t]+solve\b|^solve[ \t]*[:=]", re.MULTILINE)
+
+
+def programmer_program(code: str, marker: str) -> str:
+    """``code``, then ``solve()`` called with printing switched off, then the marker line and
+    ``str`` of its value: only the value is the output, not what the code printed."""
+    return (
+        f"{code}\n\n"
+        "import sys as _sys\n\n"
+        "class _Discard:\n"
+        "    def write(self, text):\n"
+        "        return len(text)\n\n"
+        "    def flush(self):\n"
+        "        pass\n\n"
+        "_shown, _sys.stdout = _sys.stdout, _Discard()\n"
+        "try:\n"
+        "    _value = solve()\n"
+        "finally:\n"
+        "    _sys.stdout = _shown\n"
+        f"_sys.stdout.write('\\n' + {marker!r} + '\\n' + str(_value))\n"
+    )
+
+
+def returned_value(output: str, marker: str) -> str:
+    """What ``programmer_program`` printed after its marker line (the value of ``solve()``)."""
+    _, found, value = output.partition(f"{marker}\n")
+    return value.strip() if found else output.strip()
+
+
+def programmer_report(code: str, output: str) -> str:
+    """The Programmer's result: a lead sentence, the code, then its output (or its error)."""
+    return f"{PROGRAMMER_RAN}{code}{PROGRAMMER_OUTPUT}{output}"
 
 
 class ScEnsemble(Operator):
     name = "ScEnsemble"
     attribute = "sc_ensemble"
     signature = "await self.sc_ensemble(solutions=[...])"
-    description = "Given several solutions, picks the one whose answer most of them agree on (self-consistency)."
+    description = "Given several solutions, picks the most accurate one."
     keywords = ("solutions",)
 
     async def __call__(self, solutions: list[str] | None = None) -> str:
         async def go(call: OperatorCall) -> str:
             options = [str(s) for s in (solutions or [])][: len(string.ascii_uppercase)]
-            if len(options) <= 1:
-                return options[0] if options else ""
             listed = "\n\n".join(f"Solution {string.ascii_uppercase[i]}:\n{s}" for i, s in enumerate(options))
             prompt = (
-                f"Problem:\n{self.problem.input}\n\n{listed}\n\n"
-                "Compare the final answers of these solutions and find the answer that most of them agree on. "
-                "Reply in this form:\n<thought>which answers agree</thought>\n"
-                "<solution_letter>the letter of one solution with that answer</solution_letter>"
+                f"Problem:\n{self.problem_text}\n\n"
+                "Several solutions to this problem follow. Go through every one of them and decide which "
+                f"gives the most accurate answer.\n\n{listed}\n\n"
+                "In <thought>, explain your comparison in detail. In <solution_letter>, write only the "
+                "letter (A, B, C, ...) of the most accurate solution, with nothing else. Reply in this form:\n"
+                "<thought>your comparison</thought>\n<solution_letter>one letter</solution_letter>"
             )
-            index = solution_letter(await self._ask(call, prompt), len(options))
-            return options[index if index is not None else 0]
+            reply = await self._ask(call, prompt)
+            index = solution_letter(reply, len(options))
+            if index is None:
+                raise UnreadableChoice(f"no solution letter among {len(options)} solutions in the reply {reply[:80]!r}")
+            return options[index]
 
         return await self._traced(go)
 
@@ -326,16 +434,13 @@ class Review(Operator):
             form = "the complete corrected code in a ```python block" if code else "the complete corrected solution"
             prompt = (
                 f"Problem:\n{self.problem.input}\n\nProposed solution:\n{pre_solution}\n\n"
-                "Review the solution step by step and look for mistakes. Then write the solution again, "
-                "correcting every mistake you found (or unchanged if it is right). Reply in this form:\n"
-                f"<review>your critique</review>\n<solution>{form}</solution>"
+                "Review the solution step by step on four points: is its logic correct, are its calculations "
+                "accurate, has it misunderstood the problem, and is it detailed enough. Unless it is perfect, "
+                "write the solution again from your review and the proposed solution. Reply in this form:\n"
+                f"<review>your critique, point by point</review>\n<solution>{form}</solution>"
             )
-            reply = await self._ask(call, prompt)
-            revised = parse_fields(reply, ("review", "solution")).get("solution", "")
-            if code:
-                text = revised or reply
-                return await sanitize_async(text, self.problem.entry_point) if text.strip() else pre_solution
-            return revised or pre_solution
+            revised = parse_fields(await self._ask(call, prompt), ("review", "solution")).get("solution", "")
+            return await sanitize_async(revised, self.problem.entry_point) if code else revised
 
         return await self._traced(go)
 
@@ -346,7 +451,7 @@ class Test(Operator):
     signature = "await self.test(solution=...)"
     description = (
         "Runs the problem's public tests on a code solution; on failure it reflects on the error and "
-        "repairs the code (a few rounds), falling back to a fresh solution; returns the code."
+        "repairs the code (several rounds), falling back to a fresh solution; returns the code."
     )
     keywords = ("solution",)
     __test__ = False  # not a pytest test class
@@ -357,23 +462,32 @@ class Test(Operator):
             if not problem.public_tests:
                 return solution
             current = await sanitize_async(solution, problem.entry_point)
-            for _ in range(self.context.settings.test_max_rounds):
-                program = bench.public_test_program(problem, current)
-                result = await self._run_code(call, program, bench.settings.check_time_limit_s)
+            for _ in range(bench.settings.test_max_rounds):
+                result = await self._public_tests(call, current)
                 if result.passed:
                     return current
                 current = await sanitize_async(await self._ask(call, self._repair_prompt(current, result)), problem.entry_point)
+            if (await self._public_tests(call, current)).passed:  # the last repair, tested as the original does
+                return current
             generator = CustomCodeGenerate(self.context, problem)
-            return await generator._generate(call, "Write a correct solution; a previous attempt failed its tests.")
+            return await generator._generate(call, FRESH_ATTEMPT)
 
         return await self._traced(go)
 
+    async def _public_tests(self, call: OperatorCall, code: str) -> SandboxResult:
+        bench = self.code_benchmark
+        return await self._run_code(call, bench.public_test_program(self.problem, code), bench.settings.check_time_limit_s)
+
     def _repair_prompt(self, code: str, result: SandboxResult) -> str:
         return (
-            f"Problem:\n{self.problem.input}\n\nCode:\n```python\n{code}\n```\n\n"
+            "A solution to the code problem below failed its tests or did not run. Find out why, "
+            "then write a better solution.\n\n"
+            f"Problem:\n{self.problem_text}\n\nCode:\n```python\n{code}\n```\n\n"
             f"Running the public tests gave: {result.status}: {result.message}\n"
-            f"{failure_details(result.output)}\n"
-            "Explain briefly what is wrong, then reply with the complete corrected code in one ```python block."
+            f"{failure_details(result.output)}\n\n"
+            "Reflect on the failures and the code, then reply with the complete improved code in one ```python "
+            f"block, without other text or tests. Keep the function name `{self.problem.entry_point}`, "
+            "and make sure the code cannot loop forever."
         )
 
 

@@ -37,6 +37,21 @@ def test_paper_numbers():
     assert c.datasets["GSM8K"].trial_time_limit_s == 60 and c.datasets["HumanEval"].trial_time_limit_s == 120
 
 
+def test_operator_and_executor_numbers_are_the_originals():
+    """The original's Test rounds (10 HumanEval, 6 MBPP), Programmer tries and @retry(3), and
+    MetaGPT's request settings: its system message, max_tokens 4096, 600 s timeout."""
+    c = Config()
+    assert (c.datasets["HumanEval"].test_max_rounds, c.datasets["MBPP"].test_max_rounds) == (10, 6)
+    assert (c.operators.programmer_max_tries, c.operators.programmer_attempts, c.operators.programmer_retry_wait_s) == (3, 3, 2.0)
+    assert c.executor.system_message == "You are a helpful assistant."
+    assert (c.executor.max_tokens, c.executor.request_timeout_s) == (4096, 600.0)
+    assert load_config(None, ["executor.system_message=null"]).executor.system_message is None
+    with pytest.raises(ScoreFlowError, match="operators.test_max_rounds: unknown key"):
+        load_config(None, ["operators.test_max_rounds=3"])
+    tiny = load_config(ROOT / "config" / "tiny.yaml")
+    assert tiny.datasets["HumanEval"].test_max_rounds == 1 and tiny.executor.max_tokens == 160
+
+
 def test_overrides_and_partial_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("generation:\n  k: 4\ndatasets:\n  MBPP:\n    n_pairs: 10\n")

@@ -23,7 +23,7 @@ from fake_openai import FakeOpenAIServer, Fault, Reply  # noqa: E402
 
 from scoreflow.config import ExecutorConfig, ModelPrice  # noqa: E402
 from scoreflow.executor.cache import CachedReply, ReplyCache  # noqa: E402
-from scoreflow.executor.client import ExecutorError, SamplingParams, Usage, UsageMeter  # noqa: E402
+from scoreflow.executor.client import ExecutorError, SamplingParams, Usage, UsageMeter, cap_request  # noqa: E402
 from scoreflow.executor.openai_backend import (  # noqa: E402
     LOCAL_DUMMY_KEY,
     OpenAIChatClient,
@@ -452,6 +452,55 @@ def test_from_config(server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pyte
         ExecutorConfig(base_url="https://example.invalid/v1", api_key_env="SCOREFLOW_TEST_EXECUTOR_KEY"),
         cache=None, meter=None)
     assert https.transport == "httpx"
+
+
+# ---------------------------------------------------------------- MetaGPT's request settings (M12)
+
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+
+
+def test_config_defaults_are_metagpts(server: FakeOpenAIServer) -> None:
+    """Every call starts with MetaGPT's system message and asks for at most 4096 tokens; 600 s timeout."""
+    client = OpenAIChatClient.from_config(ExecutorConfig(base_url=server.url, model="m", cache=False))
+    assert client.request_timeout_s == 600.0 and client.system_message == SYSTEM["content"]
+    run(client, lambda: client.ask("What is 1 + 2?"))
+    (body,) = server.requests
+    assert body["messages"] == [SYSTEM, *USER] and body["max_tokens"] == 4096
+
+
+def test_no_system_message_when_configured_off(server: FakeOpenAIServer) -> None:
+    client = OpenAIChatClient.from_config(ExecutorConfig(base_url=server.url, system_message=None, cache=False))
+    run(client, lambda: client.chat(USER))
+    assert server.requests[0]["messages"] == USER
+
+
+def test_a_callers_own_system_message_replaces_the_default(server: FakeOpenAIServer) -> None:
+    client = client_for(server, system_message="Default.")
+    own = [{"role": "system", "content": "Be brief."}, *USER]
+    run(client, lambda: client.chat(own))
+    run(client, lambda: client.chat(USER))
+    assert server.requests[0]["messages"] == own
+    assert server.requests[1]["messages"] == [{"role": "system", "content": "Default."}, *USER]
+
+
+def test_the_system_message_is_part_of_the_cache_key(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    with ReplyCache(tmp_path / "c.sqlite") as cache:
+        for system in ("One.", "Two.", "One."):
+            client = client_for(server, cache=cache, system_message=system)
+            run(client, lambda: client.chat(USER))
+    assert [r["messages"][0]["content"] for r in server.requests] == ["One.", "Two."]  # the third came from the cache
+
+
+def test_the_request_cap_never_cuts_the_system_message(server: FakeOpenAIServer) -> None:
+    system = "S" * 3_000
+    client = client_for(server, system_message=system)
+    client.max_request_chars = 5_000
+    reply = run(client, lambda: client.chat([{"role": "user", "content": "u" * 10_000}]))
+    sent = server.requests[0]["messages"]
+    assert sent[0] == {"role": "system", "content": system}
+    assert sum(len(m["content"]) for m in sent) <= 5_000 and reply.truncated_chars > 0
+    short = [{"role": "system", "content": system}, {"role": "user", "content": "u" * 10}]
+    assert cap_request(short, 1_000) == (short, 0)  # nothing else worth cutting: the request stays whole
 
 
 # ---------------------------------------------------------------- lean transport details

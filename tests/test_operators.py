@@ -12,12 +12,14 @@ import pytest
 
 from benchmarks import get_benchmark
 from benchmarks.base import Problem
-from scoreflow.config import ExecutorConfig, OperatorConfig
+from scoreflow.config import ExecutorConfig, OperatorConfig, load_config
 from scoreflow.executor.cache import ReplyCache
 from scoreflow.executor.client import UsageMeter
 from scoreflow.executor.openai_backend import OpenAIChatClient
 from scoreflow.judging import extract_answer, judge_output
 from scoreflow.operators import (
+    ANSWER_MARKER,
+    PROGRAMMER_OUTPUT,
     AnswerGenerate,
     Custom,
     CustomCodeGenerate,
@@ -26,6 +28,7 @@ from scoreflow.operators import (
     Review,
     ScEnsemble,
     Test,
+    UnreadableChoice,
     make_operator_sandbox,
     operator_namespace,
     parse_fields,
@@ -51,9 +54,15 @@ def client_for(server, cache: ReplyCache | None = None, meter: UsageMeter | None
     return OpenAIChatClient.from_config(config, cache=cache, meter=meter)
 
 
-def run_with(server, dataset: str, replies: list, action, *, problem: Problem | None = None, **settings):
-    """Run ``action(context)`` against scripted replies; returns (result, context)."""
-    bench = get_benchmark(dataset)
+def run_with(
+    server, dataset: str, replies: list, action, *, problem: Problem | None = None, sets: tuple[str, ...] = (), **settings
+):
+    """Run ``action(context)`` against scripted replies; returns (result, context).
+
+    ``sets``: config overrides for the benchmark (``datasets.MBPP.test_max_rounds=2``);
+    ``settings``: OperatorConfig fields (the Programmer's retry wait is 0 unless given)."""
+    bench = get_benchmark(dataset, load_config(None, list(sets)))
+    settings.setdefault("programmer_retry_wait_s", 0.0)
     server.script(replies)
     sandbox = make_operator_sandbox(bench, bench.sandbox_settings)
 
@@ -91,11 +100,14 @@ def test_parse_fields_is_lenient():
 
 
 def test_solution_letter():
+    """Only the field counts, and it must be exactly one of the letters (any case), as the original reads it."""
     assert solution_letter("<solution_letter>B</solution_letter>", 3) == 1
-    assert solution_letter("I pick c.", 3) is None  # lower-case prose is not a verdict
+    assert solution_letter("I pick c.", 3) is None
     assert solution_letter("<solution_letter> c </solution_letter>", 3) == 2
     assert solution_letter("<solution_letter>Z</solution_letter>", 3) is None
-    assert solution_letter("The best is Solution C.", 3) == 2
+    assert solution_letter("The best is Solution C.", 3) is None  # prose is not the field
+    assert solution_letter("<solution_letter>B.</solution_letter>", 3) is None
+    assert solution_letter("<solution_letter>Solution B</solution_letter>", 3) is None
     assert solution_letter("A good answer is hard to find", 3) is None
 
 
@@ -111,12 +123,12 @@ def test_custom_sends_instruction_and_problem(server):
     assert call.operator == "Custom" and call.llm_calls == 1 and call.prompt_tokens > 0 and call.latency_s > 0
 
 
-def test_answer_generate_parses_the_answer_field(server):
+def test_answer_generate_returns_reasoning_marker_and_answer(server):
     result, _ = run_with(server, "HotpotQA", ["<thought>1+2</thought><answer>3</answer>"], lambda c: AnswerGenerate(c)())
-    assert result == "3"
-    assert "Context:" in prompt_of(server)
-    fallback, _ = run_with(server, "DROP", ["It is three."], lambda c: AnswerGenerate(c)())
-    assert fallback == "It is three."
+    assert result == f"1+2\n{ANSWER_MARKER}3"
+    assert prompt_of(server).index("<thought>") < prompt_of(server).index("A + B") < prompt_of(server).index("Reply in this form")
+    untagged, _ = run_with(server, "DROP", ["It is three."], lambda c: AnswerGenerate(c)())
+    assert untagged == f"\n{ANSWER_MARKER}"  # missing fields are empty, as the original's defaults
 
 
 def test_code_generate_keeps_the_entry_point_and_what_it_needs(server):
@@ -138,7 +150,7 @@ def test_programmer_retries_with_the_error_and_returns_output(server):
     result, ctx = run_with(
         server, "MATH", replies, lambda c: Programmer(c)(analysis="add"), programmer_time_limit_s=1.0
     )
-    assert result.endswith("Output: 3")
+    assert result.endswith(f"{PROGRAMMER_OUTPUT}3")
     assert "ZeroDivisionError" in prompt_of(server, 1)
     assert "timeout" in prompt_of(server, 2)
     (call,) = ctx.trace
@@ -148,7 +160,7 @@ def test_programmer_retries_with_the_error_and_returns_output(server):
 def test_programmer_gives_up_after_its_tries(server):
     bad = "```python\ndef solve():\n    raise ValueError('nope')\n```"
     result, _ = run_with(server, "GSM8K", [bad, bad], lambda c: Programmer(c)(analysis=""), programmer_max_tries=2)
-    assert "Output: error (fail: ValueError: nope)" in result
+    assert result.endswith(f"{PROGRAMMER_OUTPUT}fail: ValueError: nope")
     assert len(server.requests) == 2
 
 
@@ -156,18 +168,22 @@ def test_programmer_code_cannot_read_the_api_key(server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-123")
     leak = "```python\nimport os\ndef solve():\n    return os.environ.get('OPENAI_API_KEY', 'absent')\n```"
     result, _ = run_with(server, "GSM8K", [leak], lambda c: Programmer(c)(analysis=""))
-    assert "sk-test-secret-123" not in result and result.endswith("Output: absent")
+    assert "sk-test-secret-123" not in result and result.endswith(f"{PROGRAMMER_OUTPUT}absent")
 
 
 def test_sc_ensemble_picks_the_named_solution(server):
     pick = lambda c: ScEnsemble(c)(solutions=["x = 2", "x = 3", "x = 3"])  # noqa: E731
     result, _ = run_with(server, "GSM8K", ["<thought>B and C agree</thought><solution_letter>B</solution_letter>"], pick)
     assert result == "x = 3"
-    assert "Solution C:" in prompt_of(server)
-    fallback, _ = run_with(server, "GSM8K", ["no idea"], pick)
-    assert fallback == "x = 2"
-    single, ctx = run_with(server, "GSM8K", [], lambda c: ScEnsemble(c)(solutions=["only"]))
-    assert single == "only" and ctx.trace[0].llm_calls == 0
+    assert "Solution C:" in prompt_of(server) and "most accurate" in prompt_of(server)
+
+    async def unreadable(ctx):
+        with pytest.raises(UnreadableChoice):
+            await pick(ctx)
+
+    run_with(server, "GSM8K", ["no idea"], unreadable)
+    single, ctx = run_with(server, "GSM8K", ["<solution_letter>A</solution_letter>"], lambda c: ScEnsemble(c)(solutions=["only"]))
+    assert single == "only" and ctx.trace[0].llm_calls == 1
 
 
 def test_review_returns_the_corrected_solution(server):
@@ -175,8 +191,8 @@ def test_review_returns_the_corrected_solution(server):
         server, "MATH", ["<review>wrong sum</review><solution>A + B = 3</solution>"], lambda c: Review(c)(pre_solution="A + B = 4")
     )
     assert result == "A + B = 3"
-    kept, _ = run_with(server, "MATH", ["looks fine"], lambda c: Review(c)(pre_solution="A + B = 3"))
-    assert kept == "A + B = 3"
+    untagged, _ = run_with(server, "MATH", ["looks fine"], lambda c: Review(c)(pre_solution="A + B = 3"))
+    assert untagged == ""  # the original's field default
     code, _ = run_with(
         server,
         "MBPP",
@@ -198,9 +214,10 @@ def test_test_operator_repairs_until_public_tests_pass(server):
 def test_test_operator_falls_back_to_a_fresh_solution(server):
     wrong = "```python\ndef add(a, b):\n    return 0\n```"
     fresh = "```python\ndef add(a, b):\n    return b + a\n```"
-    result, ctx = run_with(server, "MBPP", [wrong, wrong, fresh], lambda c: Test(c)(solution="def add(a, b): return 0"), test_max_rounds=2)
+    result, ctx = run_with(server, "MBPP", [wrong, wrong, fresh], lambda c: Test(c)(solution="def add(a, b): return 0"),
+                           sets=("datasets.MBPP.test_max_rounds=2",))
     assert "return b + a" in result
-    assert len(server.requests) == 3 and ctx.trace[0].sandbox_runs == 2
+    assert len(server.requests) == 3 and ctx.trace[0].sandbox_runs == 3  # the last repair is tested too
 
 
 def test_test_operator_without_public_tests_changes_nothing(server):
@@ -281,7 +298,7 @@ def test_extraction_and_judge_calls(server):
             hotpot = get_benchmark("HotpotQA")
             trial = hotpot.trial_problem
             skipped = await judge_output(client, hotpot, trial, "3" * 50)
-            server.script(["The candidate is right.\n1"])
+            server.script(["1"])  # only a bare verdict counts (scoring.judge_verdict: exact)
             judged = await judge_output(client, hotpot, trial, "3")
             none = await judge_output(client, gsm, problem, "3")
             return answer, same, skipped, judged, none

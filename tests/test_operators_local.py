@@ -4,6 +4,8 @@ SmolLM2-135M-Instruct executor on CPU: one real problem per dataset family.
 The tiny model's answers are mostly wrong; what is checked is that each operator
 runs end to end (prompt, reply parsing, sandboxed code), lands in the trace, and
 that the workflow's output goes through extraction and the benchmark's scorer.
+ScEnsemble comes last: a reply naming no solution fails the run, as in the
+original, and a model this small often names none.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from benchmarks.base import Problem
 from scoreflow.config import load_config
 from scoreflow.executor.factory import make_client
 from scoreflow.judging import extract_answer
-from scoreflow.operators import OperatorContext, make_operator_sandbox
+from scoreflow.operators import OperatorContext, UnreadableChoice, make_operator_sandbox
 from scoreflow.workflow import check_workflow, run_with_limit
 
 pytestmark = pytest.mark.slow
@@ -33,14 +35,12 @@ WORKFLOWS = {
 class Workflow:
     def __init__(self, config, problem) -> None:
         self.code_generate = operator.CustomCodeGenerate(config, problem)
-        self.review = operator.Review(config, problem)
         self.test = operator.Test(config, problem)
         self.sc_ensemble = operator.ScEnsemble(config, problem)
 
     async def run_workflow(self):
         first = await self.code_generate(instruction="Think step by step, then write the function.")
-        reviewed = await self.review(pre_solution=first)
-        tested = await self.test(solution=reviewed)
+        tested = await self.test(solution=first)
         final = await self.sc_ensemble(solutions=[first, tested])
         return final
 ''',
@@ -55,8 +55,8 @@ class Workflow:
     async def run_workflow(self):
         analysis = await self.custom(instruction="Explain step by step how to solve this.")
         computed = await self.programmer(analysis=analysis)
-        best = await self.sc_ensemble(solutions=[analysis, computed])
-        final = await self.review(pre_solution=best)
+        reviewed = await self.review(pre_solution=computed)
+        final = await self.sc_ensemble(solutions=[analysis, reviewed])
         return final
 ''',
     "qa": '''
@@ -71,8 +71,8 @@ class Workflow:
         first = await self.answer_generate()
         answers = [first]
         answers.append(await self.custom(instruction="Answer the question in a few words."))
-        best = await self.sc_ensemble(solutions=answers)
-        final = await self.review(pre_solution=best)
+        answers.append(await self.review(pre_solution=first))
+        final = await self.sc_ensemble(solutions=answers)
         return final
 ''',
 }
@@ -99,7 +99,7 @@ def config():
             "executor.max_tokens=96",
             f"cache_dir={ROOT / '.cache' / 'tests'}",
             "operators.programmer_max_tries=2",
-            "operators.test_max_rounds=1",
+            "datasets.HumanEval.test_max_rounds=1",
         ],
     )
 
@@ -111,7 +111,10 @@ async def run_family(config, client, dataset: str, family: str):
     context = OperatorContext(client, bench, problem, sandbox=sandbox, settings=config.operators, cache_salt="run-0")
     try:
         workflow = check_workflow(WORKFLOWS[family], bench.operators)
-        output = await run_with_limit(workflow, context, bench.workflow_time_limit_s)
+        try:
+            output = await run_with_limit(workflow, context, bench.workflow_time_limit_s)
+        except UnreadableChoice:  # the run fails, as the original's; the trace has the call
+            output = ""
         answer = await extract_answer(client, bench, problem, output, cache_salt="run-0")
         score = await bench.score(problem, answer)
         return output, score, context.trace
@@ -139,7 +142,8 @@ def test_every_operator_runs_in_a_workflow_on_the_local_executor(config):
     for output, score, trace in results:
         assert isinstance(output, str)
         assert 0.0 <= score.value <= 1.0
-        assert all(not call.error for call in trace), [c.error for c in trace]
+        errors = [(c.operator, c.error) for c in trace if c.error]
+        assert all(op == "ScEnsemble" and error.startswith("UnreadableChoice") for op, error in errors), errors
         used |= {call.operator for call in trace}
     assert used == {"CustomCodeGenerate", "Review", "Test", "ScEnsemble", "Custom", "Programmer", "AnswerGenerate"}
     traces = {call.operator: call for _, _, trace in results for call in trace}

@@ -1,9 +1,11 @@
 """The chat interface every operator, extraction and judge call goes through.
 
 A backend implements ``_complete``; this base class adds what all backends share:
-the reply cache for temperature-0 calls (keyed by backend, model, messages,
-sampling parameters and a caller-chosen ``cache_salt`` such as the scoring run
-index), token and cost accounting, and per-call latency.
+the system message every call starts with (MetaGPT's "You are a helpful
+assistant." by default, ``executor.system_message``), the reply cache for
+temperature-0 calls (keyed by backend, model, messages — the system message
+included —, sampling parameters and a caller-chosen ``cache_salt`` such as the
+scoring run index), token and cost accounting, and per-call latency.
 """
 
 from __future__ import annotations
@@ -194,19 +196,31 @@ def tallied() -> Iterator[RequestTally]:
         _TALLY.reset(token)
 
 
+def with_system_message(messages: list[Message], system: str | None) -> list[Message]:
+    """``messages`` led by the system message, unless there is none or the caller set its own
+    (as MetaGPT's ``aask``: its default system message, replaced by explicit ones)."""
+    if system is None or (messages and messages[0].get("role") == "system"):
+        return messages
+    return [{"role": "system", "content": system}, *messages]
+
+
 def cap_request(messages: list[Message], max_chars: int | None) -> tuple[list[Message], int]:
     """Messages whose text fits ``max_chars``: the middle of the longest contents is cut
-    (the start states the task, the end usually says how to answer). Returns the messages
-    and how many characters were cut (0: unchanged)."""
+    (the start states the task, the end usually says how to answer). System messages are
+    never cut: they count towards the size, the other messages make room. Returns the
+    messages and how many characters were cut (0: unchanged)."""
     total = _chars(messages)
     if max_chars is None or total <= max_chars:
         return messages, 0
     capped = [dict(m) for m in messages]
-    for message in sorted(capped, key=lambda m: len(m.get("content") or ""), reverse=True):
+    cuttable = [m for m in capped if m.get("role") != "system"]
+    for message in sorted(cuttable, key=lambda m: len(m.get("content") or ""), reverse=True):
         excess = _chars(capped) - max_chars
         if excess <= 0:
             break
         text = message.get("content") or ""
+        if len(text) <= len(TRUNCATION_MARK.format(n=len(text))):
+            continue  # the mark would be longer than what it replaces
         keep = max(0, len(text) - excess - len(TRUNCATION_MARK.format(n=len(text))))
         head = keep // 2
         message["content"] = text[:head] + TRUNCATION_MARK.format(n=len(text) - keep) + text[len(text) - (keep - head):]
@@ -240,8 +254,10 @@ class ChatClient(ABC):
         cache: ReplyCache | None = None,
         meter: UsageMeter | None = None,
         max_request_chars: int | None = None,
+        system_message: str | None = None,
     ) -> None:
         self.model = model
+        self.system_message = system_message  # what every call starts with; None: nothing
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.cache = cache
@@ -258,9 +274,10 @@ class ChatClient(ABC):
     ) -> ChatReply:
         """One reply; temperature-0 replies come from (and go to) the cache.
 
-        A request longer than ``max_request_chars`` is cut to fit before anything else
-        (the cut request is what is cached and sent); the reply says how much was cut."""
-        messages, cut = cap_request(messages, self.max_request_chars)
+        The client's system message leads the messages (unless they bring their own). A
+        request longer than ``max_request_chars`` is cut to fit before anything else (the
+        cut request is what is cached and sent); the reply says how much was cut."""
+        messages, cut = cap_request(with_system_message(messages, self.system_message), self.max_request_chars)
         params = SamplingParams(
             temperature=self.temperature if temperature is None else temperature,
             max_tokens=self.max_tokens if max_tokens is None else max_tokens,

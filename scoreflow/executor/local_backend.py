@@ -98,8 +98,11 @@ class LocalChatClient(ChatClient):
         default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         dtype: str = "auto",
         device: str | None = None,
+        system_message: str | None = None,
     ) -> None:
-        super().__init__(model, temperature=temperature, max_tokens=max_tokens, cache=cache, meter=meter)
+        super().__init__(
+            model, temperature=temperature, max_tokens=max_tokens, cache=cache, meter=meter, system_message=system_message
+        )
         self.cache_dir = Path(cache_dir)
         self.max_batch = max(1, max_batch)
         self.batch_window_s = batch_window_s
@@ -133,6 +136,7 @@ class LocalChatClient(ChatClient):
             cache=cache,
             meter=meter,
             max_batch=min(config.concurrency, DEFAULT_MAX_BATCH),
+            system_message=config.system_message,
         )
 
     async def _complete(self, messages: list[Message], params: SamplingParams) -> Result:

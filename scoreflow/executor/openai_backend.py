@@ -148,15 +148,18 @@ class OpenAIChatClient(ChatClient):
         temperature: float = 0.0,
         max_tokens: int | None = None,
         concurrency: int = 50,
-        request_timeout_s: float = 120.0,
+        request_timeout_s: float = 600.0,
         max_retries: int = 6,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         cache: ReplyCache | None = None,
         meter: UsageMeter | None = None,
         transport: Transport = "auto",
+        system_message: str | None = None,
     ) -> None:
-        super().__init__(model, temperature=temperature, max_tokens=max_tokens, cache=cache, meter=meter)
+        super().__init__(
+            model, temperature=temperature, max_tokens=max_tokens, cache=cache, meter=meter, system_message=system_message
+        )
         if concurrency < 1 or max_retries < 0 or request_timeout_s <= 0:
             raise ExecutorError("executor: concurrency >= 1, max_retries >= 0 and request_timeout_s > 0 required")
         self.base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
@@ -191,6 +194,7 @@ class OpenAIChatClient(ChatClient):
             backoff_max_s=config.backoff_max_s,
             cache=cache if config.cache else None,
             meter=meter if meter is not None else UsageMeter(prices=dict(config.prices)),
+            system_message=config.system_message,
         )
 
     def __repr__(self) -> str:
