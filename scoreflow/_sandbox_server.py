@@ -1,40 +1,52 @@
-"""Fork server ("zygote") behind :mod:`scoreflow.sandbox`; also the child bootstrap.
+"""Fork server ("zygote") behind :mod:`scoreflow.sandbox`; runs inside the sandbox.
 
-Started once per ``Sandbox`` as ``python -I -S _sandbox_server.py CONFIG_JSON`` with a
-scrubbed environment. It preloads the modules that generated solutions commonly use,
-then serves JSON-line requests from stdin by forking one short-lived child per program
-(a fork costs ~1 ms; a fresh interpreter 40-100 ms). This file is run as a script, never
-imported by the project, and it is the ONLY place where program text is compiled and
-executed (``_execute_program``), always inside a forked, confined child.
+Started once per ``Sandbox`` as ``python -I [-S] _sandbox_server.py CONFIG_JSON``: in
+strict isolation inside one bubblewrap sandbox (own user/mount/pid/net/ipc/uts
+namespaces, a read-only view of only the interpreter and its allowed libraries), in weak
+isolation directly. It preloads the modules solutions commonly use and then forks one
+child per program (~1 ms instead of 40-100 ms for a fresh interpreter).
 
-Protocol (one JSON object per line):
-  in : {"op": "run", "id": N, "program": str, "time_limit": float} | {"op": "cancel", "id": N}
-  out: {"op": "ready", ...} once, then {"op": "result", "id": N, "status", "message",
-       "output", "duration"} per run; {"op": "fatal", "message"} if startup fails.
-EOF on stdin stops the server (all children are killed, scratch space removed).
+It never holds a program's text, output or verdict: the host sends, over a Unix
+SOCK_SEQPACKET socket, a small JSON request with descriptors attached (a memfd with the
+program, the write ends of the output and result pipes); a forked child reads its own
+program after it is confined, and writes its output and result straight to the host. So
+each child starts from a zygote that never held another program's text.
+
+Each child, before it runs anything: leaves the server's session, gets only its own
+descriptors, drops to the sandbox uid (when the server is root), enters a user and mount
+namespace of its own with a fresh size-limited tmpfs as scratch (strict; weak: a private
+directory and Landlock), drops every capability, becomes non-dumpable, gets rlimits
+(CPU, address space, file size, tasks) and a seccomp filter (no execve, no fork, no
+ptrace, no sockets, no signals, no new namespaces or mounts). A child's scratch
+disappears with its mount namespace, so cleanup is constant-time whatever it built.
+
+Protocol, host -> server: {"op": "run", "id", "time_limit"} + [program, output, status];
+{"op": "check", "id", "time_limit"} + [solution, tests, output, verdict];
+{"op": "kill", "id"}; EOF stops the server. Server -> host: {"op": "ready", ...} once
+(or {"op": "fatal", "message"}), then {"op": "exit", "id", "duration", "timed_out",
+"processes": {role: {"status", "cpu", "maxrss_kb"}}} per request.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import fcntl
 import gc
 import importlib
+import importlib.util
 import json
 import math
 import os
-import pwd
 import resource
 import selectors
 import signal
+import socket
 import stat
 import sys
 import time
-import traceback
-import types
 
-# Preloaded so that each child starts with them imported: imports after the fork are slow
-# and need the pinned import paths. Kept lean: a smaller server forks faster.
+# Preloaded so that each child starts with them imported: imports after the fork are slow.
 COMMON_MODULES = (
     "array", "bisect", "cmath", "collections", "copy", "datetime", "decimal", "fractions",
     "functools", "hashlib", "heapq", "itertools", "json", "math", "operator", "random", "re",
@@ -44,8 +56,8 @@ COMMON_MODULES = (
 _pidfd_open = os.pidfd_open  # the server keeps it; children get a stub
 
 # Compiled and run once by the server before forking (trusted, constant text): CPython
-# initialises the compiler (AST types, parser caches) and other machinery lazily, and
-# doing that in every child would cost ~2 ms of copy-on-write page faults per program.
+# initialises the compiler and other machinery lazily; doing that in every child would
+# cost ~2 ms of copy-on-write page faults per program.
 WARM_UP_PROGRAM = '''
 from typing import Dict, List, Optional
 def solve(values: List[int], k: int = 2, *rest, flag: Optional[bool] = None, **options) -> Dict[str, int]:
@@ -74,112 +86,85 @@ def solve(values: List[int], k: int = 2, *rest, flag: Optional[bool] = None, **o
 assert solve([1, 2, 3, 4])["evens"] == 2
 '''
 
-CLONE_NEWNET = 0x40000000
-PR_SET_PDEATHSIG = 1
-PR_SET_DUMPABLE = 4
-PR_SET_CHILD_SUBREAPER = 36
-STATUS_FD = 3  # in the child: write end of the completion-marker pipe
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 4, 38, 22
+PR_SET_CHILD_SUBREAPER, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 36, 47, 4
+SECCOMP_MODE_FILTER = 2
+CAPABILITY_VERSION_3 = 0x20080522
+SCRATCH = "/scratch"  # strict: each child's own tmpfs
 SETUP_FAILED = 125  # child exit code when confinement could not be established
-MAX_STATUS_BYTES = 8192
-UID_SCAN_EVERY = 64  # runs of a slot between /proc scans for its uid when nothing was left
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+LOW_FDS = 16  # kept occupied so that received descriptors never land where a child rewires
 CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGKILL)
+REMOVE_BUDGET = 4000  # entries removed per loop turn from weak-mode scratch leftovers
+
+# What each role's descriptors become in the child: (name, fd) in order.
+LAYOUTS = {
+    "program": (("output", 1), ("status", 3), ("program", 4)),
+    "candidate": (("output", 1), ("replies", 3), ("requests", 4), ("program", 5)),
+    "tests": (("control", 3),),  # a tests worker: each check's descriptors arrive on its socket
+}
+CHECKS_PER_WORKER = 200  # a tests worker is replaced after this many checks
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+# --------------------------------------------------------------------------- kernel calls
+
+
+class Kernel:
+    """The few calls Python 3.11 has no wrapper for, prepared once in the server so a
+    child only makes them (the seccomp program is built by libseccomp on the host)."""
+
+    def __init__(self, seccomp_program: bytes) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.filter_buffer = ctypes.create_string_buffer(seccomp_program, len(seccomp_program))
+        self.fprog = _SockFprog(len(seccomp_program) // 8, ctypes.addressof(self.filter_buffer))
+        self.cap_header = _CapHeader(CAPABILITY_VERSION_3, 0)
+        self.cap_data = (_CapData * 2)()
+
+    def _check(self, result: int, what: str) -> None:
+        if result != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"{what}: {os.strerror(error)}")
+
+    def prctl(self, option: int, value: int) -> None:
+        self._check(self.libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), f"prctl({option})")
+
+    def unshare(self, flags: int) -> None:
+        self._check(self.libc.unshare(flags), "unshare")
+
+    def mount_tmpfs(self, target: str, options: str) -> None:
+        self._check(self.libc.mount(b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                                    options.encode()), "mount")
+
+    def drop_capabilities(self) -> None:
+        self.libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        self._check(self.libc.capset(ctypes.byref(self.cap_header), self.cap_data), "capset")
+
+    def load_seccomp(self) -> None:
+        self._check(self.libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self.fprog), 0, 0), "seccomp")
+
+
+def _write_proc_self(name: str, text: str) -> None:
+    fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- child side
-
-
-def _format_exception(exc: BaseException) -> str:
-    """The last line of the exception as Python prints it, kept short."""
-    line = traceback.format_exception_only(type(exc), exc)[-1].strip()
-    return line if len(line) <= 500 else line[:497] + "..."
-
-
-def _visible_stack(tb) -> traceback.StackSummary:
-    """Stack entries of a traceback without the server's own frames; the audit hook
-    refuses to show its frames, which ends the walk."""
-    entries = []
-    while tb is not None:
-        try:
-            code = tb.tb_frame.f_code
-        except PermissionError:
-            break
-        if code.co_filename != __file__:
-            entries.append((code.co_filename, tb.tb_lineno, code.co_name, None))
-        tb = tb.tb_next
-    return traceback.StackSummary.from_list(entries)
-
-
-def _traceback_text(exc: BaseException, depth: int = 0) -> str:
-    """Like Python's own report, including chained exceptions (a few levels deep)."""
-    text = ""
-    if depth < 5 and exc.__cause__ is not None:
-        text = _traceback_text(exc.__cause__, depth + 1) + (
-            "\nThe above exception was the direct cause of the following exception:\n\n")
-    elif depth < 5 and exc.__context__ is not None and not exc.__suppress_context__:
-        text = _traceback_text(exc.__context__, depth + 1) + (
-            "\nDuring handling of the above exception, another exception occurred:\n\n")
-    stack = "".join(_visible_stack(exc.__traceback__).format())
-    header = "Traceback (most recent call last):\n" if stack else ""
-    return text + header + stack + "".join(traceback.format_exception_only(type(exc), exc))
-
-
-def _report_failure(exc: BaseException, program: str) -> bytes:
-    """Print the error to the captured stderr (as Python would) and build the status record."""
-    import linecache
-
-    linecache.cache["<program>"] = (len(program), None, program.splitlines(True), "<program>")
-    try:
-        if not isinstance(exc, SystemExit):
-            sys.stderr.write(_traceback_text(exc))
-        elif isinstance(exc.code, str):
-            sys.stderr.write(exc.code + "\n")
-    except BaseException:  # noqa: BLE001 - reporting must not fail
-        pass
-    kind = "memory" if isinstance(exc, MemoryError) else "fail"
-    return f"{kind}\n{_format_exception(exc)}".encode("utf-8", "replace")
-
-
-def _flush_std_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001 - a broken stream must not hide the result
-            pass
-
-
-def _run_user_code(program: str) -> bytes:
-    """Compile and run the program as ``__main__``; return the status record."""
-    module = types.ModuleType("__main__")
-    sys.modules["__main__"] = module
-    try:
-        code = compile(program, "<program>", "exec")
-        exec(code, module.__dict__)  # the sandboxed execution this whole module exists for
-        threading = sys.modules.get("threading")
-        if threading is not None:
-            threading._shutdown()  # like interpreter exit: wait for non-daemon threads
-        return b"ok"
-    except BaseException as exc:  # noqa: BLE001 - SystemExit too: it is a "fail"
-        if isinstance(exc, MemoryError):
-            module.__dict__.clear()  # give the memory back so that reporting can work
-        try:
-            return _report_failure(exc, program)
-        except BaseException:  # noqa: BLE001 - e.g. MemoryError again while formatting
-            return b"memory\nMemoryError" if isinstance(exc, MemoryError) else b"fail\n" + type(exc).__name__.encode()
-
-
-def _execute_program(program: str) -> None:
-    """Run the program, then write the completion marker and exit; never returns.
-
-    Only reached in a confined child. "ok" is written only after the program ran to its
-    end, so an early ``os._exit`` leaves no marker and is reported as an error.
-    """
-    try:
-        record = _run_user_code(program)
-        _flush_std_streams()
-        os.write(STATUS_FD, record)
-    finally:
-        os._exit(0)
 
 
 def _denied(what: str):
@@ -189,330 +174,225 @@ def _denied(what: str):
     return stub
 
 
-# Audit-hook policy of a child. Defence in depth: when the server runs as root, the slot
-# uid, the rlimits and the network namespace are the kernel-enforced boundary; without
-# root this hook is the main guard. Everything the hook consults is captured when it is
-# built (C functions, builtins, immutable strings and sets), so a program that
-# monkeypatches os, os.path, builtins or pathlib cannot change its decisions, and its own
-# frames are hidden from tracebacks and sys._getframe.
+class Child:
+    """Confinement of one forked child, in the order that keeps every step possible."""
 
-DENIED_EVENTS = frozenset({
-    "os.system", "os.fork", "os.forkpty", "os.exec", "os.spawn", "os.posix_spawn",
-    "os.startfile", "subprocess.Popen", "pty.spawn",
-    # introspection that could reach the hook's state
-    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
-    "sys.settrace", "sys.setprofile",
-})
-DENIED_FAMILIES = frozenset({"socket", "ctypes", "_ctypes"})
-DENIED_IMPORTS = frozenset({"ctypes", "_ctypes", "_posixsubprocess", "posix", "_signal"})
-# event -> ((index of the path argument, index of its dir_fd or None, follows symlinks), ...)
-PATH_EVENTS = {
-    "os.remove": ((0, 1, False),),
-    "os.rmdir": ((0, 1, False),),
-    "os.mkdir": ((0, 2, False),),
-    "os.rename": ((0, 2, False), (1, 3, False)),
-    "os.link": ((0, 2, True), (1, 3, False)),
-    "os.chmod": ((0, 2, True),),
-    "os.chown": ((0, 3, True),),
-    "os.utime": ((0, 3, True),),
-    "os.truncate": ((0, None, True),),
-    "os.setxattr": ((0, None, True),),
-    "os.removexattr": ((0, None, True),),
-    "os.chflags": ((0, None, True),),
-    "os.lchflags": ((0, None, False),),
-    "shutil.rmtree": ((0, 1, False),),
-}
-S_IFMT, S_IFDIR, S_IFLNK = 0o170000, 0o040000, 0o120000
+    def __init__(self, server: Zygote, role: str, fds: dict[str, int]) -> None:
+        self.server, self.role, self.fds = server, role, fds
 
+    def confine(self) -> None:
+        server = self.server
+        os.setsid()
+        self._rewire_descriptors()
+        if server.drop_to_uid is not None:
+            self._become_sandbox_user(server.drop_to_uid)
+        scratch = self._enter_scratch() if self.role != "tests" else self._no_scratch()
+        server.kernel.prctl(PR_SET_DUMPABLE, 0)
+        server.kernel.drop_capabilities()
+        server.kernel.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != server.pid:
+            os._exit(SETUP_FAILED)  # the server died meanwhile
+        self._set_limits()
+        server.kernel.prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if server.landlock is not None:
+            server.landlock(scratch)
+        server.kernel.load_seccomp()
+        self._python_state(scratch)
 
-def _scratch_path(base_dir: str, pid: int) -> str:
-    """A child's scratch dir: named after its pid, so the policy can be built once."""
-    return f"{base_dir}/run-{pid}"
+    def _rewire_descriptors(self) -> None:
+        """Put the child's own descriptors at their numbers and close every other one
+        (the control socket, other requests' pipes): sources are first moved above
+        every target so that no dup2 overwrites one still needed."""
+        layout = LAYOUTS[self.role]
+        high = {name: _above_targets(self.fds[name]) for name, _ in layout}
+        for fd in (0, 1, 2):
+            os.dup2(self.server.devnull, fd)
+        for name, target in layout:
+            os.dup2(high[name], target)
+            if name == "output":
+                os.dup2(high[name], 2)
+        os.closerange(max(target for _, target in layout) + 1, 1 << 20)
 
+    @staticmethod
+    def _become_sandbox_user(uid: int) -> None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # clears every capability the server had
 
-def _make_audit_hook(base_dir: str):
-    """The children's audit hook: deny process creation, sockets, ctypes, signals to other
-    processes, changes outside the child's scratch dir and reads of other processes'
-    /proc. Built once in the server; each child finds its own pid and scratch dir."""
-    import pathlib
+    def _enter_scratch(self) -> str:
+        server = self.server
+        if server.mode == "weak":
+            scratch = _weak_scratch(server.base_dir, os.getpid())
+            os.mkdir(scratch, 0o700)
+            os.chdir(scratch)
+            return scratch
+        uid, gid = os.geteuid(), os.getegid()
+        server.kernel.prctl(PR_SET_DUMPABLE, 1)  # /proc/self/*_map belong to us only then
+        server.kernel.unshare(CLONE_NEWUSER | CLONE_NEWNS)
+        _write_proc_self("setgroups", "deny")
+        _write_proc_self("uid_map", f"{uid} {uid} 1")
+        _write_proc_self("gid_map", f"{gid} {gid} 1")
+        server.kernel.mount_tmpfs(SCRATCH, server.scratch_options)
+        os.chdir(SCRATCH)
+        return SCRATCH
 
-    lstat, stat_, readlink, getcwd, getpid = os.lstat, os.stat, os.readlink, os.getcwd, os.getpid
-    fspath, str_, bytes_, int_, type_, frozenset_ = os.fspath, str, bytes, int, type, frozenset
-    permission_error, os_error, write_flags = PermissionError, OSError, WRITE_FLAGS
-    s_ifmt, s_ifdir, s_iflnk = S_IFMT, S_IFDIR, S_IFLNK
-    path_types = (pathlib.PurePosixPath, pathlib.PosixPath)
-    guarded_types = (pathlib.PurePath, pathlib.PurePosixPath, pathlib.Path, pathlib.PosixPath)
-    path_events = types.MappingProxyType(dict(PATH_EVENTS))
-    denied_events, denied_families, denied_imports = DENIED_EVENTS, DENIED_FAMILIES, DENIED_IMPORTS
-    scratch_prefix = base_dir + "/run-"
-    busy = [False]  # set while the hook itself reads a traceback's frame
-    own_codes = frozenset_()
+    def _no_scratch(self) -> str:
+        os.chdir("/")
+        return ""
 
-    def deny(what: str) -> None:
-        raise permission_error(f"sandbox: {what} is not allowed")
+    def _set_limits(self) -> None:
+        cfg = self.server.cfg
+        cpu = math.ceil(self.server.time_limit) + 1 if self.role != "tests" else resource.RLIM_INFINITY
+        memory, file_size = cfg["memory_mb"] << 20, cfg["file_size_mb"] << 20
+        tasks = self.server.task_limit(self.role)
+        for limit, value, hard in ((resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_CPU, cpu, cpu if cpu == resource.RLIM_INFINITY else cpu + 1),
+                                   (resource.RLIMIT_FSIZE, file_size, file_size),
+                                   (resource.RLIMIT_NPROC, tasks, tasks), (resource.RLIMIT_AS, memory, memory)):
+            resource.setrlimit(limit, (value, hard))
 
-    def text_of(path) -> str | None:
-        """The path as text, without running code the program could have supplied."""
-        kind = type_(path)
-        if kind is str_:
-            return path
-        if kind is bytes_:
-            return path.decode("utf-8", "surrogateescape")
-        if kind is path_types[0] or kind is path_types[1]:  # identity: no metaclass __eq__ runs
-            return fspath(path)
-        return None
+    def _python_state(self, scratch: str) -> None:
+        if scratch and os.environ.get("HOME") != scratch:  # strict: the server set it already
+            os.environ["HOME"] = os.environ["TMPDIR"] = scratch
+        sys.argv = [""]
+        sys.stdin, sys.stdout, sys.stderr = self.server.child_streams
+        tempfile = sys.modules.get("tempfile")
+        if tempfile is not None:
+            tempfile.tempdir = None
+        if self.role != "tests" and self.server.cfg["audit_hook"]:  # tests workers run trusted code only
+            sys.addaudithook(self.server.audit_hook)
 
-    def realpath(text: str) -> str:
-        """Absolute path with symlinks resolved (missing parts taken literally). Links
-        inside another process's /proc entry (fd/, cwd, root) are not followed: the
-        result then stays there and is refused as a whole."""
-        if not text.startswith("/"):
-            text = getcwd() + "/" + text
-        pending, resolved, links = text.split("/")[::-1], "", 0
-        while pending:
-            name = pending.pop()
-            if name in ("", "."):
-                continue
-            if name == "..":
-                resolved = resolved.rpartition("/")[0]
-                continue
-            candidate = resolved + "/" + name
-            try:
-                is_link = lstat(candidate).st_mode & s_ifmt == s_iflnk
-            except os_error:
-                is_link = False
-            if not is_link or links >= 40 or other_process(resolved):
-                resolved = candidate
-                continue
-            links += 1
-            target = readlink(candidate)
-            resolved = "" if target.startswith("/") else resolved
-            pending.extend(target.split("/")[::-1])
-        return resolved or "/"
-
-    def resolve(path, dir_fd=None, follow: bool = True) -> str | None:
-        """Absolute, symlink-resolved path; None for a descriptor that is not a file."""
-        if type_(path) is int_:
-            try:
-                target = readlink(f"/proc/self/fd/{path}")
-            except os_error:
-                return None
-            return target if target.startswith("/") else None
-        text = text_of(path)
-        if text is None:
-            deny("a path of this type")
-        if type_(dir_fd) is int_ and dir_fd >= 0 and not text.startswith("/"):
-            base = resolve(dir_fd)
-            if base is None:
-                deny("a relative path under this descriptor")
-            text = base + "/" + text
-        if follow:
-            return realpath(text)
-        head, _, name = text.rstrip("/").rpartition("/")
-        if name in ("", ".", ".."):
-            return realpath(text)
-        base = realpath(head if head else ("/" if text.startswith("/") else "."))
-        return base.rstrip("/") + "/" + name
-
-    def inside(real: str, strict: bool) -> bool:
-        scratch = scratch_prefix + str_(getpid())
-        return real.startswith(scratch + "/") or (not strict and real == scratch)
-
-    def other_process(real: str) -> bool:
-        """/proc entries of other processes, and any environ file."""
-        if not real.startswith("/proc/"):
-            return False
-        entry = real[6:].partition("/")[0]
-        return "environ" in real or (entry.isdigit() and entry != str_(getpid()))
-
-    def check_open(args) -> None:
-        path, mode, flags = args
-        if type_(path) is int_:
-            return
-        real = resolve(path)
-        if other_process(real):
-            deny(f"reading {real}")
-        writing = flags & write_flags
-        own_fds = "/proc/" + str_(getpid()) + "/fd/"
-        if writing and not (inside(real, True) or real == "/dev/null" or real.startswith(own_fds)):
-            deny(f"writing {real}")
-        if mode is None:  # os.open: its event does not show dir_fd, so keep dir fds inside
-            if writing and not text_of(path).startswith("/") and ".." in text_of(path).split("/"):
-                deny("os.open for writing with '..' in a relative path")
-            if not inside(real, False) and is_directory(real):
-                deny(f"opening the directory {real}")
-
-    def is_directory(real: str) -> bool:
+    def run(self) -> None:
+        """Confine, then hand over to the role's code; never returns."""
         try:
-            return stat_(real).st_mode & s_ifmt == s_ifdir
-        except os_error:
-            return False
-
-    def check_listing(args) -> None:
-        real = resolve(args[0])
-        if real is not None and other_process(real):
-            deny(f"listing {real}")
-
-    def check_symlink(args) -> None:
-        target, link, dir_fd = args
-        real_link = resolve(link, dir_fd, False)
-        if not inside(real_link, True):
-            deny(f"creating the symlink {real_link}")
-        text = text_of(target)
-        if text is None or ".." in text.split("/"):
-            deny("this symlink target")
-        if not inside(realpath(text if text.startswith("/") else real_link.rpartition("/")[0] + "/" + text), False):
-            deny("a symlink leading out of the scratch dir")
-
-    def check_paths(specs, args) -> None:
-        for path_index, fd_index, follow in specs:
-            real = resolve(args[path_index], None if fd_index is None else args[fd_index], follow)
-            if real is not None and not inside(real, not follow):  # entries: strictly inside
-                deny(f"changing {real}")
-
-    def check_frame(frame) -> None:
-        """Hide the hook's own frames (their locals hold its helpers)."""
-        busy[0] = True
-        try:
-            code = frame.f_code
-        finally:
-            busy[0] = False
-        if code in own_codes:
-            deny("inspecting the sandbox")
-
-    def check_special(event: str, args) -> None:
-        if event == "object.__getattr__":
-            if args[1] == "tb_frame" and not busy[0]:
-                busy[0] = True
-                try:
-                    frame = args[0].tb_frame
-                finally:
-                    busy[0] = False
-                check_frame(frame)
-        elif event == "sys._getframe":
-            check_frame(args[0])
-        elif event == "object.__setattr__":
-            target = args[0]
-            for guarded in own_functions + guarded_types:
-                if target is guarded:
-                    deny("changing the sandbox or pathlib")
-        elif event in ("os.kill", "resource.prlimit") and args[0] not in (0, getpid(), -getpid()):
-            deny(f"signalling process {args[0]}")
-        elif event == "os.killpg" and args[0] not in (0, getpid()):
-            deny(f"signalling process group {args[0]}")
-        elif event == "import":
-            name = str_.__str__(args[0])  # an exact str: no __eq__/__hash__ of a subclass runs
-            if name in denied_imports or name.startswith("ctypes."):
-                deny(f"importing {name}")
-
-    def audit_hook(event: str, args: tuple) -> None:
-        if event == "open":
-            check_open(args)
-        elif event in path_events:
-            check_paths(path_events[event], args)
-        elif event in denied_events or event.partition(".")[0] in denied_families:
-            deny(event)
-        elif event in ("os.listdir", "os.scandir"):
-            check_listing(args)
-        elif event == "os.symlink":
-            check_symlink(args)
+            self.confine()
+        except BaseException as exc:  # noqa: BLE001 - must never return into the server loop
+            try:
+                os.write(2, f"sandbox setup failed: {_describe(exc)}\n".encode("utf-8", "replace"))
+            finally:
+                os._exit(SETUP_FAILED)
+        checker = self.server.checker
+        layout = dict(LAYOUTS[self.role])
+        if self.role == "program":
+            checker.run_program(layout["program"], layout["status"])
+        elif self.role == "candidate":
+            checker.serve_candidate(layout["program"], layout["requests"], layout["replies"])
         else:
-            check_special(event, args)
+            checker.serve_tests(layout["control"], CHECKS_PER_WORKER)
+        os._exit(SETUP_FAILED)
 
-    own_functions = (audit_hook, deny, text_of, realpath, resolve, inside, other_process, check_open,
-                     is_directory, check_listing, check_symlink, check_paths, check_frame, check_special)
-    own_codes = frozenset_(function.__code__ for function in own_functions)
-    return audit_hook
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - an exception whose str() fails
+        return type(exc).__name__
+
+
+def _above_targets(fd: int) -> int:
+    """``fd`` if no child descriptor number can collide with it (the server keeps the low
+    numbers occupied, so this is the rule), else a copy above them."""
+    return fd if fd >= LOW_FDS else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, LOW_FDS)
+
+
+def _weak_scratch(base_dir: str, pid: int) -> str:
+    return f"{base_dir}/run-{pid}"
 
 
 # --------------------------------------------------------------------------- server side
 
 
-class Run:
-    """One request, queued or running."""
+class Process:
+    """One child of a job."""
 
-    def __init__(self, request_id: int, program: str, time_limit: float) -> None:
+    def __init__(self, role: str, pid: int) -> None:
+        self.role, self.pid = role, pid
+        self.pidfd = _pidfd_open(pid)
+        self.result: dict | None = None
+
+
+class TestsWorker:
+    """A confined process that runs the trusted side of checks, one after another. It is
+    forked from the server like every child, never runs candidate code, and gets each
+    check's descriptors over its own socket; reusing it saves a process per check."""
+
+    def __init__(self, pid: int, control: socket.socket) -> None:
+        self.pid = pid
+        self.pidfd = _pidfd_open(pid)
+        self.control = control
+        self.job: Job | None = None
+        self.retiring = False
+
+
+class Job:
+    """One request: a program, or a check (a candidate process and a tests worker)."""
+
+    def __init__(self, request_id: int, time_limit: float) -> None:
         self.id = request_id
-        self.program = program
         self.time_limit = time_limit
-        self.slot: Slot | None = None
-        self.pid = 0
-        self.pidfd = -1
-        self.out_fd = -1
-        self.status_fd = -1
-        self.scratch = ""
-        self.output = bytearray()
-        self.started = 0.0
-        self.deadline = 0.0
-        self.killed = False
+        self.started = time.monotonic()
+        self.deadline = self.started + time_limit
+        self.processes: dict[str, Process] = {}
+        self.worker: TestsWorker | None = None
+        self.tests_result: dict | None = None
         self.timed_out = False
-        self.overflowed = False
 
+    def alive(self) -> list[Process]:
+        return [p for p in self.processes.values() if p.result is None]
 
-class Slot:
-    """A worker slot; when root, its own uid (so leftovers can be found and killed)."""
-
-    def __init__(self, index: int, uid: int | None) -> None:
-        self.index = index
-        self.uid = uid
-        self.run: Run | None = None
-        self.runs_since_uid_scan = 0
+    def finished(self) -> bool:
+        return not self.alive() and (self.worker is None or self.tests_result is not None)
 
 
 class Zygote:
-    """Single-threaded selector loop that forks, watches and cleans up children."""
+    """Single-threaded selector loop that forks, watches and reports children."""
 
-    def __init__(self, config: dict, std_fds: tuple[int, int, int]) -> None:
+    def __init__(self, config: dict) -> None:
         self.cfg = config
+        self.mode = config["mode"]
         self.pid = os.getpid()
-        self.root = os.geteuid() == 0
-        self.request_fd, self.reply_fd, self.devnull = std_fds
-        self.prctl, self.network_isolated = _setup_kernel_features(self.root)
-        self.base_dir = _make_base_dir(config["tmp_root"], self.root)
-        self.lock_fds: list[int] = []
-        self.slots = [Slot(i, uid) for i, uid in enumerate(self._slot_uids())]
+        self.control = socket.socket(fileno=config["control_fd"])
+        self.kernel = Kernel(_read_fd(config["seccomp_fd"]))
+        self.devnull = _occupy_low_fds()
+        self.kernel.prctl(PR_SET_DUMPABLE, 0)  # nothing of ours is readable through /proc
+        self.kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        # As root (strict) children drop to an unprivileged uid; in weak mode they keep the
+        # server's uid (without any capability) since only it can read the interpreter.
+        self.drop_to_uid = config["uid"] if os.geteuid() == 0 and self.mode == "strict" else None
+        self.scratch_options = f"size={config['scratch_mb']}m,nr_inodes={config['scratch_inodes']},mode=0700"
+        self.base_dir = _make_weak_base(config["tmp_root"]) if self.mode == "weak" else ""
+        self.landlock = _landlock_policy(config) if self.mode == "weak" else None
+        sys.path.extend(config["site_dirs"])
+        self.checker = _load_module("_sandbox_checker", config["checker"])
+        self.checker.HIDDEN_FILES.update({__file__, config["hook"]})
+        hook = _load_module("_sandbox_hook", config["hook"])
+        self.audit_hook = (hook.make_audit_hook(self.base_dir + "/run-", True) if self.mode == "weak"
+                           else hook.make_audit_hook(SCRATCH, False))
+        _set_environment(SCRATCH if self.mode == "strict" else "/nonexistent")
         for name in COMMON_MODULES + tuple(config["preload"]):
             importlib.import_module(name)
-        self.path_fds = _pin_import_paths() if self.root else []
-        self.keep_fds = sorted({0, 1, 2, STATUS_FD, *self.path_fds})
         self.child_streams = _make_child_streams()
-        self.audit_hook = _make_audit_hook(self.base_dir)
-        _disarm_unaudited_functions()
-        _warm_up()
-        self.queue: collections.deque[Run] = collections.deque()
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.request_fd, selectors.EVENT_READ, None)
-        self.request_buffer = b""
+        self.time_limit = 1.0
         self.nproc_cache = (0.0, 0)
+        self.jobs: dict[int, Job] = {}
+        self.idle_workers: list[TestsWorker] = []
+        self.trash: collections.deque[TreeRemover] = collections.deque()
+        self.queue: collections.deque[tuple[dict, list[int]]] = collections.deque()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.control, selectors.EVENT_READ, None)
+        _disarm_unaudited_functions()
+        _warm_up(self.checker)
         sys.dont_write_bytecode = True
         gc.freeze()  # keep preloaded objects out of the children's collections (fewer COW copies)
 
-    # --- setup helpers
-    def _slot_uids(self) -> list[int | None]:
-        workers = self.cfg["workers"]
-        if not self.root:
-            return [None] * workers
-        lock_dir = _lock_dir()
-        uids: list[int | None] = []
-        uid = self.cfg["uid_base"]
-        while len(uids) < workers and uid < self.cfg["uid_base"] + 65536:
-            if _uid_free(uid):
-                fd = _try_lock(os.path.join(lock_dir, f"{uid}.lock"))
-                if fd is not None and not _uid_processes(uid):
-                    self.lock_fds.append(fd)
-                    uids.append(uid)
-                elif fd is not None:
-                    os.close(fd)
-            uid += 1
-        if len(uids) < workers:
-            raise RuntimeError("no free sandbox uids")
-        return uids
+    # --- the loop
+    def announce(self) -> None:
+        """Check that children can be confined, then tell the host we are ready."""
+        self._self_test()
+        self._send({"op": "ready", "pid": self.pid, "isolation": self.mode, "uid": os.geteuid(),
+                    "sandbox_uid": self.drop_to_uid if self.drop_to_uid is not None else os.geteuid(),
+                    "landlock": self.landlock is not None, "scratch": SCRATCH if self.mode == "strict" else self.base_dir})
 
-    # --- main loop
     def serve(self) -> None:
-        self._reply({"op": "ready", "pid": self.pid, "root": self.root,
-                     "uids": [s.uid for s in self.slots], "network_isolated": self.network_isolated,
-                     "scratch_root": self.base_dir})
         try:
             while self._step():
                 pass
@@ -522,332 +402,350 @@ class Zygote:
     def _step(self) -> bool:
         for key, _ in self.selector.select(self._select_timeout()):
             if key.data is None:
-                if not self._read_requests():
+                if not self._read_request():
                     return False
-                continue
-            kind, run = key.data
-            if kind == "out":
-                self._on_output(run)
+            elif key.data[0] == "exit":
+                self._on_exit(*key.data[1:])
+            elif key.data[0] == "worker-done":
+                self._on_worker_done(key.data[1])
             else:
-                self._on_exit(run)
+                self._on_worker_exit(key.data[1])
         self._enforce_deadlines()
         self._start_queued()
+        self._remove_some_trash()
         return True
 
     def _select_timeout(self) -> float | None:
-        deadlines = [s.run.deadline for s in self.slots if s.run and not s.run.killed]
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        deadlines = [job.deadline for job in self.jobs.values() if not job.timed_out]
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        return 0.0 if self.trash else timeout
 
-    def _read_requests(self) -> bool:
-        chunk = os.read(self.request_fd, 1 << 16)
-        if not chunk:
+    def _read_request(self) -> bool:
+        data, fds, _, _ = socket.recv_fds(self.control, 65536, 8)
+        if not data:
+            _close_all(fds)
             return False
-        lines = (self.request_buffer + chunk).split(b"\n")
-        self.request_buffer = lines.pop()
-        for line in lines:
-            if line.strip():
-                self._handle_request(json.loads(line))
+        request = json.loads(data)
+        if request["op"] == "kill":
+            _close_all(fds)
+            self._kill_request(request["id"])
+        else:
+            self.queue.append((request, fds))
         return True
 
-    def _handle_request(self, request: dict) -> None:
-        if request["op"] == "run":
-            self.queue.append(Run(request["id"], request["program"], float(request["time_limit"])))
-        elif request["op"] == "cancel":
-            self._cancel(request["id"])
+    def _kill_request(self, request_id: int) -> None:
+        for entry in list(self.queue):
+            if entry[0]["id"] == request_id:
+                self.queue.remove(entry)
+                _close_all(entry[1])
+                self._send({"op": "exit", "id": request_id, "duration": 0.0, "timed_out": False,
+                            "processes": {}, "error": "cancelled"})
+        job = self.jobs.get(request_id)
+        if job is not None:
+            self._kill(job)
 
-    def _cancel(self, request_id: int) -> None:
-        for run in list(self.queue):
-            if run.id == request_id:
-                self.queue.remove(run)
-                self._reply(_result(run, "error", "cancelled", 0.0))
-        for slot in self.slots:
-            if slot.run is not None and slot.run.id == request_id:
-                self._kill(slot.run)
+    def _start_queued(self) -> None:
+        """The host keeps a few more requests here than there are workers (descriptors
+        only, never their text), so a worker starts the next one without a round trip."""
+        while self.queue and len(self.jobs) < self.cfg["workers"]:
+            request, fds = self.queue.popleft()
+            try:
+                self._handle(request, fds)
+            finally:
+                _close_all(fds)
+
+    def _handle(self, request: dict, fds: list[int]) -> None:
+        job = Job(request["id"], float(request["time_limit"]))
+        self.jobs[job.id] = job
+        if request["op"] == "run":
+            program, output, status = fds
+            self._fork(job, "program", {"program": program, "output": output, "status": status})
+        else:
+            solution, tests, output, verdict = fds
+            self._start_check(job, solution, tests, output, verdict)
+        if not job.processes:
+            self._kill(job)
+            del self.jobs[job.id]
+            self._send({"op": "exit", "id": job.id, "duration": 0.0, "timed_out": False, "processes": {},
+                        "error": "fork failed"})
+
+    def _start_check(self, job: Job, solution: int, tests: int, output: int, verdict: int) -> None:
+        """Fork the candidate; hand the tests worker its ends of the two pipes."""
+        requests_r, requests_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        try:
+            self._fork(job, "candidate", {"program": solution, "output": output, "requests": requests_r,
+                                          "replies": replies_w})
+            worker = self._worker() if job.processes else None
+            if worker is not None:
+                sent = _send_quietly(worker.control, {"id": job.id}, [tests, requests_w, replies_r, verdict, output])
+                job.worker, worker.job = worker, job
+                if not sent:
+                    self._kill_worker(worker)
+        finally:
+            _close_all([requests_r, requests_w, replies_r, replies_w])
+        if job.processes and job.worker is None:
+            job.tests_result = {"status": SETUP_FAILED << 8, "cpu": 0.0, "maxrss_kb": 0}
+            self._kill(job)
+
+    def _worker(self) -> TestsWorker | None:
+        while self.idle_workers:
+            worker = self.idle_workers.pop()
+            if not worker.retiring:
+                return worker
+        server_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = self._fork_child("tests", {"control": worker_end.fileno()})
+        finally:
+            worker_end.close()
+        if pid is None:
+            server_end.close()
+            return None
+        worker = TestsWorker(pid, server_end)
+        self.selector.register(worker.pidfd, selectors.EVENT_READ, ("worker-exit", worker))
+        self.selector.register(worker.control, selectors.EVENT_READ, ("worker-done", worker))
+        return worker
+
+    def _fork(self, job: Job, role: str, fds: dict[str, int]) -> None:
+        self.time_limit = job.time_limit
+        pid = self._fork_child(role, fds)
+        if pid is not None:
+            process = Process(role, pid)
+            job.processes[role] = process
+            self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", job, process))
+
+    def _fork_child(self, role: str, fds: dict[str, int]) -> int | None:
+        try:
+            pid = os.fork()
+        except OSError:
+            return None
+        if pid == 0:
+            try:
+                Child(self, role, fds).run()
+            finally:
+                os._exit(SETUP_FAILED)  # never unwind into the server loop in a child
+        return pid
+
+    def _on_exit(self, job: Job, process: Process) -> None:
+        self.selector.unregister(process.pidfd)
+        os.close(process.pidfd)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.result = {"status": status, "cpu": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss}
+        if self.mode == "weak":
+            self._discard_scratch(process.pid)
+        self._report_if_finished(job)
+
+    def _on_worker_done(self, worker: TestsWorker) -> None:
+        """The tests worker wrote a verdict: the candidate is not needed any more."""
+        try:
+            data = worker.control.recv(4096)
+            report = json.loads(data) if data else None
+        except (OSError, ValueError):
+            report = None
+        if report is None:  # it is exiting; its exit event reports the check
+            self.selector.unregister(worker.control)
+            return
+        job, worker.job = worker.job, None
+        worker.retiring = bool(report.get("retire"))
+        if job is not None:
+            job.tests_result = {"status": 0, "cpu": float(report.get("cpu", 0.0)),
+                                "maxrss_kb": int(report.get("maxrss_kb", 0))}
+            self._kill(job)
+            self._report_if_finished(job)
+        if not worker.retiring and not (job is not None and job.timed_out):
+            self.idle_workers.append(worker)
+
+    def _on_worker_exit(self, worker: TestsWorker) -> None:
+        self.selector.unregister(worker.pidfd)
+        os.close(worker.pidfd)
+        try:
+            self.selector.unregister(worker.control)
+        except (KeyError, ValueError):
+            pass
+        worker.control.close()
+        _, status, usage = os.wait4(worker.pid, 0)
+        if worker in self.idle_workers:
+            self.idle_workers.remove(worker)
+        job, worker.job = worker.job, None
+        if job is not None and job.tests_result is None:
+            job.tests_result = {"status": status, "cpu": usage.ru_utime + usage.ru_stime,
+                                "maxrss_kb": usage.ru_maxrss}
+            self._kill(job)
+            self._report_if_finished(job)
+
+    def _report_if_finished(self, job: Job) -> None:
+        if job.id not in self.jobs or not job.finished():
+            return
+        del self.jobs[job.id]
+        processes = {p.role: p.result for p in job.processes.values()}
+        if job.tests_result is not None:
+            processes["tests"] = job.tests_result
+        self._send({"op": "exit", "id": job.id, "duration": time.monotonic() - job.started,
+                    "timed_out": job.timed_out, "processes": processes})
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
-        for slot in self.slots:
-            run = slot.run
-            if run is not None and not run.killed and now >= run.deadline:
-                run.timed_out = True
-                self._kill(run)
+        for job in list(self.jobs.values()):
+            if not job.timed_out and now >= job.deadline:
+                job.timed_out = True
+                self._kill(job)
+                if job.worker is not None and job.tests_result is None:
+                    self._kill_worker(job.worker)  # it may be stuck in a test
 
-    def _start_queued(self) -> None:
-        for slot in self.slots:
-            if not self.queue:
-                return
-            if slot.run is None:
-                self._start(self.queue.popleft(), slot)
+    def _kill(self, job: Job) -> None:
+        for process in job.alive():
+            _kill_quietly(process.pid)
 
-    # --- running a child
-    def _start(self, run: Run, slot: Slot) -> None:
-        run.slot = slot
-        out_r, out_w = os.pipe()
-        status_r, status_w = os.pipe()
-        nproc = self._nproc_limit(slot)
-        run.started = time.monotonic()
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            for fd in (out_r, out_w, status_r, status_w):
-                os.close(fd)
-            self._reply(_result(run, "error", f"fork failed: {exc}", 0.0))
-            return
-        if pid == 0:
-            try:
-                self._child(run, out_w, status_w, nproc)  # never returns
-            finally:
-                os._exit(SETUP_FAILED)  # never unwind into the server loop in a child
-        os.close(out_w)
-        os.close(status_w)
-        os.set_blocking(out_r, False)
-        os.set_blocking(status_r, False)
-        run.pid, run.out_fd, run.status_fd = pid, out_r, status_r
-        run.scratch = _scratch_path(self.base_dir, pid)
-        run.pidfd = _pidfd_open(pid)
-        run.deadline = run.started + run.time_limit
-        slot.run = run
-        self.selector.register(out_r, selectors.EVENT_READ, ("out", run))
-        self.selector.register(run.pidfd, selectors.EVENT_READ, ("exit", run))
+    def _kill_worker(self, worker: TestsWorker) -> None:
+        worker.retiring = True
+        _kill_quietly(worker.pid)
 
-    def _child(self, run: Run, out_w: int, status_w: int, nproc: int) -> None:
-        """In the forked child: confine the process, then execute the program."""
-        try:
-            self._confine(run, out_w, status_w, nproc)
-        except BaseException as exc:  # noqa: BLE001 - must never return into the server loop
-            try:
-                os.write(2, f"sandbox setup failed: {exc!r}\n".encode())
-            finally:
-                os._exit(SETUP_FAILED)
-        _execute_program(run.program)
-
-    def _confine(self, run: Run, out_w: int, status_w: int, nproc: int) -> None:
-        os.setsid()
-        os.dup2(self.devnull, 0)
-        os.dup2(out_w, 1)
-        os.dup2(out_w, 2)
-        os.dup2(status_w, STATUS_FD)
-        _close_fds_except(self.keep_fds)
-        uid = run.slot.uid
-        scratch = _scratch_path(self.base_dir, os.getpid())
-        os.mkdir(scratch, 0o700)
-        if uid is not None:
-            os.chown(scratch, uid, uid)
-            os.fchown(1, uid, uid)  # the output pipe: lets the program reopen /dev/stdout
-        os.chdir(scratch)
-        if uid is not None:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            os.kill(-1, signal.SIGKILL)  # every other process of this slot uid (none expected)
-            self.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # keeps /proc/self/fd usable for imports
-        self.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != self.pid:
-            os._exit(SETUP_FAILED)
-        self._set_limits(run, nproc)
-        os.environ["HOME"] = os.environ["TMPDIR"] = scratch
-        sys.argv = [""]
-        sys.stdin, sys.stdout, sys.stderr = self.child_streams
-        tempfile = sys.modules.get("tempfile")
-        if tempfile is not None:
-            tempfile.tempdir = None
-        sys.addaudithook(self.audit_hook)
-
-    def _set_limits(self, run: Run, nproc: int) -> None:
-        cpu = math.ceil(run.time_limit) + 1
-        memory = self.cfg["memory_mb"] << 20
-        file_size = self.cfg["file_size_mb"] << 20
-        for limit, value, hard in ((resource.RLIMIT_CORE, 0, 0),
-                                   (resource.RLIMIT_CPU, cpu, cpu + 1),
-                                   (resource.RLIMIT_FSIZE, file_size, file_size),
-                                   (resource.RLIMIT_NPROC, nproc, nproc),
-                                   (resource.RLIMIT_AS, memory, memory)):
-            resource.setrlimit(limit, (value, hard))
-
-    def _nproc_limit(self, slot: Slot) -> int:
-        """Per-uid task limit; when not root, relative to the user's current task count."""
-        if slot.uid is not None:
+    def task_limit(self, role: str) -> int:
+        """RLIMIT_NPROC of a child. Strict candidates and programs count only their own
+        user namespace; otherwise the limit is relative to the uid's current tasks."""
+        if role != "tests" and self.mode == "strict":
             return self.cfg["max_processes"]
+        if role == "tests":
+            return 1
         checked, count = self.nproc_cache
         if time.monotonic() - checked > 5.0:
-            count = _count_user_tasks(os.getuid())
+            count = _count_user_tasks(os.geteuid())
             self.nproc_cache = (time.monotonic(), count)
         return count + self.cfg["max_processes"]
 
-    # --- events
-    def _on_output(self, run: Run) -> None:
-        if run.out_fd < 0:  # closed earlier in this same batch of events
-            return
+    # --- weak mode: scratch directories
+    def _discard_scratch(self, pid: int) -> None:
+        """Move a finished child's scratch dir aside in O(1); it is removed a bounded
+        number of entries per loop turn, so a huge tree never stalls the server."""
+        path = _weak_scratch(self.base_dir, pid)
+        trash = f"{self.base_dir}/trash-{pid}-{time.monotonic_ns()}"
         try:
-            chunk = os.read(run.out_fd, 65536)
-        except BlockingIOError:
+            os.rename(path, trash)
+        except FileNotFoundError:
             return
-        if not chunk:
-            self._close_output(run)
-            return
-        room = self.cfg["max_output_bytes"] - len(run.output)
-        run.output += chunk[:room]
-        if len(chunk) > room:
-            run.overflowed = True
-            self._kill(run)
-            self._close_output(run)
+        except OSError:
+            trash = path
+        self.trash.append(TreeRemover(trash))
 
-    def _close_output(self, run: Run) -> None:
-        if run.out_fd >= 0:
-            self.selector.unregister(run.out_fd)
-            os.close(run.out_fd)
-            run.out_fd = -1
+    def _remove_some_trash(self) -> None:
+        budget = REMOVE_BUDGET
+        while self.trash and budget > 0:
+            budget = self.trash[0].step(budget)
+            if self.trash[0].done:
+                self.trash.popleft()
 
-    def _kill(self, run: Run) -> None:
-        run.killed = True
-        for target in (lambda: os.killpg(run.pid, signal.SIGKILL), lambda: os.kill(run.pid, signal.SIGKILL)):
-            try:
-                target()
-            except ProcessLookupError:
-                pass
+    # --- setup checks and messages
+    def _self_test(self) -> None:
+        """Confine one child exactly like a program's and run ``pass``: a kernel that
+        refuses a step is found now, not as an error on every program."""
+        program = os.memfd_create("self-test")
+        os.write(program, b"pass\n")
+        out_r, out_w = os.pipe()
+        status_r, status_w = os.pipe()
+        job = Job(0, 10.0)
+        self._fork(job, "program", {"program": program, "output": out_w, "status": status_w})
+        for fd in (program, out_w, status_w):
+            os.close(fd)
+        process = job.processes.get("program")
+        if process is None:
+            raise RuntimeError("fork failed")
+        self.selector.unregister(process.pidfd)
+        os.close(process.pidfd)
+        _, status, _ = os.wait4(process.pid, 0)
+        if self.mode == "weak":
+            remove_tree(_weak_scratch(self.base_dir, process.pid), 1000)
+        output, record = _read_all(out_r, 4096), _read_all(status_r, 64)
+        if status != 0 or record != b"ok":
+            raise RuntimeError(output.decode("utf-8", "replace").strip() or f"self-test child status {status}")
 
-    def _on_exit(self, run: Run) -> None:
-        if run.pidfd < 0:
-            return
-        duration = time.monotonic() - run.started
-        self.selector.unregister(run.pidfd)
-        os.close(run.pidfd)
-        run.pidfd = -1
-        killed_by_us = run.killed
-        self._kill(run)  # its process group, while the zombie still pins the pid and pgid
-        run.killed = killed_by_us
-        _, wait_status, usage = os.wait4(run.pid, 0)
-        run.slot.run = None
-        self._sweep(run.slot)
-        while run.out_fd >= 0:
-            self._drain_output(run)
-        record = _read_all(run.status_fd, MAX_STATUS_BYTES)
-        os.close(run.status_fd)
-        if not _remove_tree(run.scratch):  # keep the pid-derived name free for later children
-            try:
-                os.rename(run.scratch, f"{self.base_dir}/stale-{run.pid}-{time.monotonic_ns()}")
-            except OSError:
-                pass
-        status, message = self._classify(run, wait_status, usage, record)
-        self._reply(_result(run, status, message, duration))
-
-    def _drain_output(self, run: Run) -> None:
-        before = len(run.output)
-        self._on_output(run)
-        if run.out_fd >= 0 and len(run.output) == before:
-            self._close_output(run)  # nothing more without blocking: writers are dead
-
-    def _classify(self, run: Run, wait_status: int, usage, record: bytes) -> tuple[str, str]:
-        if run.overflowed:
-            return "error", "output limit exceeded"
-        if run.timed_out:
-            return "timeout", f"exceeded {run.time_limit:g} s"
-        if os.WIFEXITED(wait_status):
-            return self._classify_exit(os.WEXITSTATUS(wait_status), record)
-        sig = os.WTERMSIG(wait_status)
-        cpu = usage.ru_utime + usage.ru_stime
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= math.ceil(run.time_limit) + 0.5):
-            return "timeout", f"exceeded the CPU limit ({cpu:.1f} s CPU)"
-        if sig in CRASH_SIGNALS and usage.ru_maxrss * 1024 >= (self.cfg["memory_mb"] << 20) // 2:
-            return "memory", f"killed by signal {sig} at the memory limit"
-        return "error", f"killed by signal {sig}"
-
-    @staticmethod
-    def _classify_exit(code: int, record: bytes) -> tuple[str, str]:
-        kind, _, message = record.decode("utf-8", "replace").partition("\n")
-        if code == 0 and kind == "ok" and not message:
-            return "pass", ""
-        if code == 0 and kind in ("fail", "memory"):
-            return kind, message
-        if code == SETUP_FAILED and not record:
-            return "error", "sandbox setup failed"
-        return "error", f"exited before finishing (code {code})"
-
-    def _sweep(self, slot: Slot, *, full: bool = False) -> None:
-        """Kill whatever a program left behind, even after setsid. This server is a child
-        subreaper, so every surviving descendant is re-parented to it and listed in its
-        /proc children file: kill and reap those until none is left. When there were any
-        (and every UID_SCAN_EVERY runs, and on shutdown) also scan /proc for live
-        processes of the slot uid and kill them. The next child of the slot kills all
-        other processes of its uid before it starts, too."""
-        strays = self._reap_all_strays()
-        slot.runs_since_uid_scan += 1
-        if slot.uid is None or not (full or strays or slot.runs_since_uid_scan >= UID_SCAN_EVERY):
-            return
-        slot.runs_since_uid_scan = 0
-        for _ in range(100):
-            if not _kill_uid(slot.uid) and not self._reap_all_strays():
-                return
-
-    def _reap_all_strays(self) -> int:
-        total = 0
-        for _ in range(100):
-            found = self._reap_strays()
-            if not found:
-                break
-            total += found
-        return total
-
-    def _reap_strays(self) -> int:
-        running = {s.run.pid for s in self.slots if s.run is not None}
-        strays = [pid for pid in _child_pids(self.pid) if pid not in running]
-        for pid in strays:
-            _kill_quietly(pid)
-        for pid in strays:
-            _reap_quietly(pid)
-        return len(strays)
-
-    # --- output to the parent
-    def _reply(self, message: dict) -> None:
-        data = (json.dumps(message) + "\n").encode()
-        while data:
-            data = data[os.write(self.reply_fd, data):]
+    def _send(self, message: dict) -> None:
+        self.control.send(json.dumps(message).encode())
 
     def _shutdown(self) -> None:
-        for slot in self.slots:
-            if slot.run is not None:
-                self._kill(slot.run)
-                _reap_quietly(slot.run.pid)
-                slot.run = None
-            self._sweep(slot, full=True)
-        _remove_tree(self.base_dir)
+        for _, fds in self.queue:
+            _close_all(fds)
+        for job in list(self.jobs.values()):
+            self._kill(job)
+        workers = self.idle_workers + [job.worker for job in self.jobs.values() if job.worker is not None]
+        for worker in workers:
+            _kill_quietly(worker.pid)
+        for pid in [p.pid for job in self.jobs.values() for p in job.alive()] + [w.pid for w in workers]:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        if self.mode == "weak":
+            for remover in self.trash:
+                remover.step(1 << 20)
+                remover._finish()
+            remove_tree(self.base_dir, 1 << 20)
 
 
-def _result(run: Run, status: str, message: str, duration: float) -> dict:
-    output = bytes(run.output).decode("utf-8", "replace")
-    return {"op": "result", "id": run.id, "status": status, "message": message,
-            "output": output, "duration": duration}
+# --------------------------------------------------------------------------- setup helpers
 
 
-# --------------------------------------------------------------------------- OS helpers
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
-def _claim_std_fds() -> tuple[int, int, int]:
-    """Move the request/reply pipes off 0/1 and keep 0..3 occupied, so that the pipes made
-    for children never land on the descriptor numbers a child rewires."""
-    request_fd = os.dup(0)
-    reply_fd = os.dup(1)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    for fd in range(STATUS_FD + 1):
+def _send_quietly(sock: socket.socket, message: dict, fds: list[int]) -> bool:
+    try:
+        socket.send_fds(sock, [json.dumps(message).encode()], fds)
+        return True
+    except OSError:
+        return False
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
         try:
-            fcntl.fcntl(fd, fcntl.F_GETFD)
+            os.close(fd)
         except OSError:
-            os.dup2(devnull, fd)
-    return request_fd, reply_fd, devnull
+            pass
 
 
-def _setup_kernel_features(root: bool):
-    """Become a child subreaper (orphans of programs come back to us to be killed) and,
-    as root, enter a fresh network namespace (children get no network). Returns the
-    prctl function the children need, and whether the network is isolated."""
-    import ctypes
+def _read_fd(fd: int) -> bytes:
+    return _read_all(fd, 1 << 20)
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    network_isolated = root and libc.unshare(CLONE_NEWNET) == 0
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    return libc.prctl, network_isolated
+
+def _read_all(fd: int, cap: int) -> bytes:
+    data = b""
+    while len(data) < cap:
+        chunk = os.read(fd, cap - len(data))
+        if not chunk:
+            break
+        data += chunk
+    os.close(fd)
+    return data
+
+
+def _occupy_low_fds() -> int:
+    """Keep descriptors 0..LOW_FDS-1 taken (by /dev/null), so that received descriptors
+    and pipes never land on the numbers a child rewires."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in range(LOW_FDS):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.dup2(devnull, fd, inheritable=False)
+    return devnull
+
+
+def _set_environment(home: str) -> None:
+    """The environment every child starts with (the server's has no secrets either)."""
+    os.environ.clear()
+    os.environ.update({"HOME": home, "TMPDIR": home, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+
+
+def _load_module(name: str, path: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _make_child_streams():
@@ -869,255 +767,259 @@ def _make_child_streams():
     return streams
 
 
-def _warm_up() -> None:
+def _warm_up(checker) -> None:
     """Run the compiler, the evaluator and the error-reporting path once (see
     WARM_UP_PROGRAM) so that children inherit them initialised."""
     exec(compile(WARM_UP_PROGRAM, "<warm-up>", "exec"), {"__name__": "__warm_up__"})
     try:
         compile("def broken(:", "<warm-up>", "exec")
     except SyntaxError as exc:
-        _format_exception(exc)
+        checker.format_exception(exc)
     try:
         raise ValueError("warm-up")
     except ValueError as exc:
-        _traceback_text(exc)
+        checker.traceback_text(exc)
+    tree = checker.encode({"a": [1, 2.5, (None, True)], "b": "text"}, lambda v: ["n"])
+    checker.decode(json.loads(json.dumps(tree)), lambda t: None)
 
 
 def _disarm_unaudited_functions() -> None:
-    """Replace the few functions that spawn or signal processes without raising an audit
-    event (the server itself keeps its own reference to pidfd_open), and drop ctypes from
-    sys.modules: children may not import it again (preloaded packages keep their own
-    reference; calling C functions through it is denied by the audit hook anyway)."""
+    """Defence in depth (seccomp refuses these anyway): replace the functions that spawn
+    or signal without an audit event, and drop ctypes from sys.modules."""
     for name in [n for n in sys.modules if n in ("ctypes", "_ctypes") or n.startswith("ctypes.")]:
         del sys.modules[name]
     sys.modules["_posixsubprocess"].fork_exec = _denied("_posixsubprocess.fork_exec")
-    for module, name in ((os, "pidfd_open"), (os, "mkfifo"), (os, "mknod"),
-                         (signal, "pidfd_send_signal")):
+    for module, name in ((os, "pidfd_open"), (os, "mkfifo"), (os, "mknod"), (signal, "pidfd_send_signal")):
         stub = _denied(f"{module.__name__}.{name}")
         setattr(module, name, stub)
         setattr(sys.modules["posix" if module is os else "_signal"], name, stub)
 
 
-def _close_fds_except(keep: list[int]) -> None:
-    previous = -1
-    for fd in keep:
-        if fd > previous + 1:
-            os.closerange(previous + 1, fd)
-        previous = fd
-    os.closerange(previous + 1, 1 << 30)
-
-
-def _pin_import_paths() -> list[int]:
-    """Open every import directory once and import through /proc/self/fd/N instead.
-
-    After setuid a child cannot traverse e.g. /root (0700) by name, but a directory fd
-    opened by root stays usable; the magic link skips the unreadable ancestors."""
-    mapping: dict[str, str] = {}
-    for entry in sys.path:
-        if entry and entry not in mapping and os.path.isdir(entry):
-            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
-            mapping[entry] = f"/proc/self/fd/{fd}"
-    prefixes = sorted(mapping, key=len, reverse=True)
-
-    def remap(path: str) -> str:
-        for prefix in prefixes:
-            if path == prefix or path.startswith(prefix + "/"):
-                return mapping[prefix] + path[len(prefix):]
-        return path
-
-    sys.path[:] = [remap(p) for p in sys.path]
-    for module in list(sys.modules.values()):
-        package_path = getattr(module, "__path__", None)
-        if isinstance(package_path, list):
-            package_path[:] = [remap(p) for p in package_path]
-    sys.path_importer_cache.clear()
-    return [int(p.rsplit("/", 1)[1]) for p in mapping.values()]
-
-
-def _make_base_dir(tmp_root: str, root: bool) -> str:
-    """Parent of all scratch dirs; traversable (not listable) by the slot uids. A tmpfs
-    (/dev/shm) is preferred: creating and removing a dir there is several times cheaper."""
-    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
-        tmp_root = "/dev/shm"
-    if root and not _traversable(tmp_root):
-        tmp_root = "/tmp"
-    _remove_stale_base_dirs(tmp_root)
-    base = os.path.join(os.path.realpath(tmp_root), f"scoreflow-sandbox-{os.getpid()}-{os.urandom(4).hex()}")
-    os.mkdir(base, 0o711 if root else 0o700)
-    os.chmod(base, 0o711 if root else 0o700)
-    return base
-
-
-def _remove_stale_base_dirs(tmp_root: str) -> None:
-    """Scratch space left by servers that were killed (they could not clean up)."""
-    for name in os.listdir(tmp_root):
-        parts = name.split("-")
-        if len(parts) == 4 and name.startswith("scoreflow-sandbox-") and parts[2].isdigit():
-            try:
-                os.kill(int(parts[2]), 0)
-            except ProcessLookupError:
-                _remove_tree(os.path.join(tmp_root, name))
-            except PermissionError:
-                pass
-
-
-def _traversable(path: str) -> bool:
-    path = os.path.realpath(path)
-    while True:
-        if not os.stat(path).st_mode & stat.S_IXOTH:
-            return False
-        if path == "/":
-            return True
-        path = os.path.dirname(path)
-
-
-def _lock_dir() -> str:
-    """Root-only directory of per-uid lock files: concurrent servers never share a uid."""
-    parent = "/run" if os.path.isdir("/run") and os.access("/run", os.W_OK) else "/tmp"
-    path = os.path.join(parent, "scoreflow-sandbox-uids")
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
-        raise RuntimeError(f"unsafe lock directory {path}")
-    return path
-
-
-def _try_lock(path: str) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd
-    except BlockingIOError:
-        os.close(fd)
-        return None
-
-
-def _uid_free(uid: int) -> bool:
-    try:
-        pwd.getpwuid(uid)
-        return False
-    except KeyError:
-        return True
-
-
-def _proc_entries():
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if entry.name.isdigit():
-                try:
-                    yield int(entry.name), entry.stat(follow_symlinks=False).st_uid
-                except OSError:
-                    pass
-
-
-def _uid_processes(uid: int) -> list[int]:
-    return [pid for pid, owner in _proc_entries() if owner == uid]
-
-
-def _kill_uid(uid: int) -> int:
-    """SIGKILL every live process of ``uid``; the number signalled (zombies are skipped)."""
-    pids = [pid for pid in _uid_processes(uid) if not _is_zombie(pid)]
-    for pid in pids:
-        _kill_quietly(pid)
-    return len(pids)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
-
-
 def _count_user_tasks(uid: int) -> int:
     count = 0
-    for pid, owner in _proc_entries():
-        if owner == uid:
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
             try:
-                count += len(os.listdir(f"/proc/{pid}/task"))
+                if entry.stat(follow_symlinks=False).st_uid == uid:
+                    count += len(os.listdir(f"/proc/{entry.name}/task"))
             except OSError:
-                count += 1
+                pass
     return count
 
 
-def _child_pids(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", "rb") as handle:
-            return [int(p) for p in handle.read().split()]
-    except OSError:
-        return []
+# --------------------------------------------------------------------------- weak mode
 
 
-def _kill_quietly(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _make_weak_base(tmp_root: str) -> str:
+    """A private (0700) parent of this server's scratch dirs; leftovers of dead servers
+    that are ours are removed first (never anything else)."""
+    _remove_dead_bases(tmp_root)
+    base = os.path.join(os.path.realpath(tmp_root), f"scoreflow-sandbox-{os.getpid()}-{os.urandom(4).hex()}")
+    os.mkdir(base, 0o700)
+    return base
 
 
-def _reap_quietly(pid: int) -> None:
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-
-
-def _read_all(fd: int, cap: int) -> bytes:
-    data = b""
-    while len(data) < cap:
+def _remove_dead_bases(tmp_root: str) -> None:
+    for name in os.listdir(tmp_root):
+        parts = name.split("-")
+        if len(parts) != 4 or not name.startswith("scoreflow-sandbox-") or not parts[2].isdigit():
+            continue
+        path = os.path.join(tmp_root, name)
         try:
-            chunk = os.read(fd, cap - len(data))
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
+            info = os.lstat(path)
+            os.kill(int(parts[2]), 0)
+            continue  # its server is alive
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+            remove_tree(path, 50_000)
 
 
-def _remove_tree(path: str) -> bool:
-    """Remove a scratch dir (cheap when empty, robust to modes a program changed); False
-    if something could not be removed."""
+class TreeRemover:
+    """Removes one directory tree in bounded steps: no recursion, at most two open
+    descriptors, never following a link and never touching anything outside the tree
+    (it may reset the mode of the tree's own directories so that they can be emptied)."""
+
+    def __init__(self, path: str) -> None:
+        parent, self.name = os.path.split(path)
+        self.top = _open_dir(None, parent, chmod=False)
+        self.here: int | None = None
+        self.names: list[str] = []
+        self.done = self.top is None
+
+    def step(self, budget: int) -> int:
+        """Remove up to ``budget`` entries; the budget left (``done`` says if finished)."""
+        while not self.done and budget > 0:
+            budget -= 1
+            if self.here is None and not self._enter_top():
+                continue
+            finished, subdir, budget = self._clear_files(budget)
+            if not finished:
+                break
+            if subdir is not None:
+                self._descend(subdir)
+            else:
+                self._ascend()
+        return budget
+
+    def _enter_top(self) -> bool:
+        self.here = _open_dir(self.top, self.name)
+        if self.here is None:
+            _unlink_quietly(self.top, self.name)
+            self._finish()
+            return False
+        self.names = [self.name]
+        return True
+
+    def _clear_files(self, budget: int) -> tuple[bool, str | None, int]:
+        """Unlink the non-directories of the current directory; its first subdirectory."""
+        subdir = None
+        with os.scandir(self.here) as entries:
+            for entry in entries:
+                if budget <= 0:
+                    return False, None, budget
+                budget -= 1
+                if entry.is_dir(follow_symlinks=False):
+                    subdir = subdir or entry.name
+                elif not _unlink_quietly(self.here, entry.name):
+                    _chmod_quietly(self.here)
+                    _unlink_quietly(self.here, entry.name)
+        return True, subdir, budget
+
+    def _descend(self, subdir: str) -> None:
+        child = _open_dir(self.here, subdir)
+        if child is None and not _rmdir_quietly(self.here, subdir):
+            self._finish()  # cannot be opened nor removed: leave it rather than loop
+            return
+        if child is not None:
+            os.close(self.here)
+            self.here = child
+            self.names.append(subdir)
+
+    def _ascend(self) -> None:
+        if len(self.names) == 1:
+            os.close(self.here)
+            self.here = None
+            _rmdir_quietly(self.top, self.name)
+            self._finish()
+            return
+        parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.here)
+        os.close(self.here)
+        self.here = parent
+        child = self.names.pop()
+        if not _rmdir_quietly(parent, child):
+            _chmod_quietly(parent)
+            if not _rmdir_quietly(parent, child):
+                self._finish()  # it would be found again and again: leave it
+
+    def _finish(self) -> None:
+        for fd in (self.here, self.top):
+            if fd is not None:
+                os.close(fd)
+        self.here = self.top = None
+        self.done = True
+
+
+def remove_tree(path: str, budget: int) -> tuple[bool, int]:
+    """Remove a tree within ``budget`` entries: (finished, budget left)."""
+    remover = TreeRemover(path)
+    left = remover.step(budget)
+    done = remover.done
+    remover._finish()
+    return done, left
+
+
+def _open_dir(parent: int | None, name: str, chmod: bool = True) -> int | None:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
     try:
-        os.rmdir(path)
+        return os.open(name, flags, dir_fd=parent)
+    except PermissionError:
+        if not chmod:
+            return None
+        try:
+            os.chmod(name, 0o700, dir_fd=parent, follow_symlinks=False)
+            return os.open(name, flags, dir_fd=parent)
+        except OSError:
+            return None
+    except OSError:
+        return None
+
+
+def _chmod_quietly(fd: int) -> None:
+    try:
+        os.chmod(fd, 0o700)
+    except OSError:
+        pass
+
+
+def _unlink_quietly(parent: int, name: str) -> bool:
+    try:
+        os.unlink(name, dir_fd=parent)
         return True
     except FileNotFoundError:
         return True
     except OSError:
-        pass
-    import shutil
+        return False
 
-    def retry(_func, failed_path, _exc) -> None:
-        try:
-            os.chmod(os.path.dirname(failed_path), 0o700)
-            if os.path.isdir(failed_path) and not os.path.islink(failed_path):
-                os.chmod(failed_path, 0o700)
-                shutil.rmtree(failed_path, ignore_errors=True)
-            else:
-                os.unlink(failed_path)
-        except OSError:
-            pass
 
+def _rmdir_quietly(parent: int, name: str) -> bool:
     try:
-        shutil.rmtree(path, onerror=retry)
+        os.rmdir(name, dir_fd=parent)
+        return True
+    except FileNotFoundError:
+        return True
     except OSError:
-        pass
-    return not os.path.lexists(path)
+        return False
+
+
+def _landlock_policy(config: dict):
+    """Weak mode's filesystem boundary: read-only beneath the interpreter's paths,
+    everything beneath the child's own scratch dir, nothing else. None when the kernel
+    has no Landlock (then only seccomp, rlimits and the audit hook remain)."""
+    if not config.get("landlock"):
+        return None
+    landlock = _load_module("landlock", config["landlock"])
+    try:
+        landlock.landlock_abi_version()
+    except OSError:
+        return None
+    access = landlock.FSAccess
+    read_file = access.READ_FILE | access.EXECUTE
+    read_dirs = [p for p in config["read_paths"] if os.path.isdir(p)]
+    read_files = [p for p in config["read_paths"] if os.path.isfile(p)]
+
+    def restrict(scratch: str) -> None:
+        ctypes.set_errno(0)  # the package reads errno even after a successful call
+        ruleset = landlock.Ruleset()
+        ruleset.allow(*read_dirs, rules=read_file | access.READ_DIR)
+        ruleset.allow(*read_files, rules=read_file)
+        ruleset.allow("/dev/null", rules=access.READ_FILE | access.WRITE_FILE)
+        if scratch:
+            ruleset.allow(scratch)
+        ruleset.apply()
+
+    return restrict
 
 
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on SIGTERM too
-    std_fds = _claim_std_fds()
+    config = json.loads(argv[1])
+    control = socket.socket(fileno=os.dup(config["control_fd"]))
     try:
-        zygote = Zygote(json.loads(argv[1]), std_fds)
-    except BaseException as exc:  # noqa: BLE001 - tell the parent why, then exit
-        line = json.dumps({"op": "fatal", "message": f"{type(exc).__name__}: {exc}"}) + "\n"
-        os.write(std_fds[1], line.encode())
+        zygote = Zygote(config)
+        zygote.announce()
+    except BaseException as exc:  # noqa: BLE001 - tell the host why, then exit
+        import traceback
+
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        message = f"{type(exc).__name__}: {exc} (at {os.path.basename(where.filename)}:{where.lineno})"
+        control.send(json.dumps({"op": "fatal", "message": message}).encode())
         raise SystemExit(1) from None
+    control.close()
     zygote.serve()
 
 

@@ -1,24 +1,27 @@
 """Run LLM-written Python in confined child processes, never in this process.
 
 Why: executor-written code (Programmer, Test, HumanEval/MBPP checks) must not be able to
-hang the evaluation, read the API key, delete files, use the network or fork without
-limit (SPEC section 9). Each ``Sandbox`` owns one fork server ("zygote",
-``_sandbox_server.py``, the only code that compiles and runs program text) started with
-a scrubbed environment; it forks one child per program, which is ~1 ms instead of the
-40-100 ms of a fresh interpreter. The child gets its own session, a fresh scratch dir as
-cwd (removed afterwards), rlimits (CPU, address space, file size, processes), stdin from
-/dev/null, captured and capped output and an audit-hook policy; when the server runs as
-root also an unprivileged per-slot uid and no network. After each run the server kills
-the process group, every process of the slot uid and any orphan re-parented to it. A
-reader thread resolves ``concurrent.futures.Future``s, so threads and any asyncio event
-loop can wait on results.
+hang the evaluation, read the API key, touch the host's files, use the network, fork,
+or forge its score (SPEC section 9; threat model in ``docs/sandbox.md``). Each
+``Sandbox`` owns one fork server ("zygote", ``_sandbox_server.py``) that starts inside
+one bubblewrap sandbox and forks one confined child per program (~1 ms instead of the
+40-100 ms of a fresh interpreter); the kernel enforces the boundary (namespaces,
+seccomp, rlimits), the audit hook is defence in depth only.
 
-Without root there is no uid switch and no network namespace: the audit hook is then the
-main guard (it is defence in depth, not a boundary against code written to subvert
-CPython), with the rlimits (RLIMIT_NPROC relative to the user's current task count) and
-the process sweep. Status "pass" means the program ran to its end; a program can still
-fake its own result (e.g. by writing the completion marker itself), so the sandbox
-protects the host, not the score, from deliberately cheating code.
+Two ways to run code:
+
+- ``run(program)``: one process; "pass" means the program ran to its end. The program
+  writes that record itself, so it is the program's claim: fine for public tests and the
+  Programmer, never for a score.
+- ``check(CodeCheck(...))``: the solution runs in one process, the hidden tests in
+  another that only talks to it through a pipe carrying plain data; the tests' process
+  alone writes the verdict, to a pipe only this process reads. No program can forge a
+  pass: early exits, patched output functions, objects with a permissive ``==`` and
+  closed descriptors all fail.
+
+``isolation: strict`` (default) refuses to run code where the kernel forbids user
+namespaces; ``weak`` then accepts Landlock + seccomp + rlimits instead (and still uses
+strict isolation wherever it works). ``server_info()["isolation"]`` says which ran.
 """
 
 from __future__ import annotations
@@ -28,25 +31,17 @@ import concurrent.futures
 import dataclasses
 import itertools
 import json
-import os
-import queue
-import subprocess
-import sys
-import tempfile
-import threading
 import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from scoreflow import _sandbox_host as host
+from scoreflow._sandbox_types import SandboxResult, SandboxStatus, SandboxUnavailable
 from scoreflow.runclock import queued
 
-SandboxStatus = Literal["pass", "fail", "timeout", "memory", "error"]
+__all__ = ["CodeCheck", "Sandbox", "SandboxResult", "SandboxSettings", "SandboxStatus", "SandboxUnavailable"]
 
-_SERVER_SCRIPT = Path(__file__).with_name("_sandbox_server.py")
-_ENV_ALLOWED = ("PATH", "LANG", "LC_ALL")
-_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-_MAX_ATTEMPTS = 2  # a request whose server died is retried once on a fresh server
+ISOLATION_MODES = ("strict", "weak")
 
 
 @dataclass(frozen=True)
@@ -60,53 +55,68 @@ class SandboxSettings:
     max_output_bytes: int = field(default=65536, metadata={"min": 1024, "max": 1 << 30})
     default_time_limit_s: float = field(default=30.0, metadata={"min": 0.1, "max": 86400.0})
     uid_base: int = field(default=61000, metadata={"min": 1000, "max": 4_000_000_000})
+    isolation: str = "strict"
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
             value, low, high = getattr(self, spec.name), spec.metadata.get("min"), spec.metadata.get("max")
             if (low is not None and value < low) or (high is not None and value > high):
                 raise ValueError(f"sandbox.{spec.name} must be in [{low}, {high}] (got {value})")
+        if self.isolation not in ISOLATION_MODES:
+            raise ValueError(f"sandbox.isolation must be one of {', '.join(ISOLATION_MODES)} (got {self.isolation!r})")
 
 
-class SandboxUnavailable(RuntimeError):
-    """The sandbox itself cannot run programs (its server fails to start): no program's fault."""
+    @property
+    def scratch_mb(self) -> int:
+        """Size of a program's private scratch tmpfs (it is memory, so it is bounded too)."""
+        return max(16, 4 * self.file_size_mb)
 
 
 @dataclass(frozen=True)
-class SandboxResult:
-    """Outcome of one program: status, a one-line reason, captured output (capped)."""
+class CodeCheck:
+    """Hidden tests of one code problem, kept apart from the candidate solution.
 
-    status: SandboxStatus
-    message: str
-    output: str
-    duration_s: float
+    ``solution`` is untrusted and runs after ``prelude`` in the candidate's process.
+    ``prelude``, ``tests`` and ``call`` are trusted: they run in the tests' process,
+    where the names the tests use and no trusted code defines (the entry point, helpers)
+    stand for the candidate's objects; a call crosses with its arguments and result as
+    plain data. ``call`` (e.g. ``check(add)``) must return for the check to pass.
+    """
 
-    @property
-    def passed(self) -> bool:
-        return self.status == "pass"
+    solution: str
+    tests: str
+    call: str
+    entry_point: str
+    prelude: str = ""
+
+    def texts(self) -> tuple[str, str]:
+        spec = {"prelude": self.prelude, "tests": self.tests, "call": self.call, "entry_point": self.entry_point}
+        return self.prelude + "\n\n" + self.solution + "\n", json.dumps(spec)
 
 
 class Sandbox:
     """Runs programs in confined children of one lazily started fork server.
 
-    ``site_packages``: start the server with ``site`` so third-party packages import.
+    ``site_packages``: the server may import third-party packages; only the
+    site-packages entries that ``preload`` loads are visible in strict isolation.
     ``preload``: extra modules the server imports once, so each child starts with them.
+    ``_audit_hook=False`` (tests only): children run without the audit hook, to show
+    that the kernel's boundary alone contains a program.
     """
 
     def __init__(self, settings: SandboxSettings = SandboxSettings(), *,
-                 site_packages: bool = False, preload: tuple[str, ...] = ()) -> None:
+                 site_packages: bool = False, preload: tuple[str, ...] = (), _audit_hook: bool = True) -> None:
         self.settings = settings
-        self._manager = _ServerManager(settings, site_packages, tuple(preload))
+        self._supervisor = host.Supervisor(settings, site_packages, tuple(preload), _audit_hook)
+        self._ids = itertools.count(1)
         self._gate_loop: asyncio.AbstractEventLoop | None = None
         self._gate_semaphore = asyncio.Semaphore(settings.workers)
-        self._finalizer = weakref.finalize(self, self._manager.close)
+        self._finalizer = weakref.finalize(self, _close_supervisor, self._supervisor)
 
+    # --- plain programs
     def submit(self, program: str, *, time_limit_s: float | None = None) -> concurrent.futures.Future[SandboxResult]:
         """Queue a program; the future resolves to its ``SandboxResult``."""
-        limit = self.settings.default_time_limit_s if time_limit_s is None else float(time_limit_s)
-        if not limit > 0:
-            raise ValueError(f"time_limit_s must be positive (got {time_limit_s})")
-        return self._manager.submit(program, limit)
+        return self._submit("run", (program,), time_limit_s)
 
     async def run(self, program: str, *, time_limit_s: float | None = None) -> SandboxResult:
         """Await a program from any event loop (waiting happens off the loop).
@@ -114,11 +124,43 @@ class Sandbox:
         At most ``workers`` programs of a loop are handed to the server at once, so a
         program starts when it gets a slot; the wait for the slot is queueing on the
         calling run's clock (``runclock``), the program's own time is its work."""
+        return await self._gated(lambda: self.submit(program, time_limit_s=time_limit_s))
+
+    def run_sync(self, program: str, *, time_limit_s: float | None = None) -> SandboxResult:
+        return self.submit(program, time_limit_s=time_limit_s).result()
+
+    # --- checks whose verdict the candidate cannot write
+    def submit_check(self, check: CodeCheck, *, time_limit_s: float | None = None
+                     ) -> concurrent.futures.Future[SandboxResult]:
+        """Queue a check; "pass" only if the tests' call returned (see ``CodeCheck``)."""
+        return self._submit("check", check.texts(), time_limit_s)
+
+    async def check(self, check: CodeCheck, *, time_limit_s: float | None = None) -> SandboxResult:
+        """``run``'s counterpart for ``CodeCheck``s (same slots and clock)."""
+        return await self._gated(lambda: self.submit_check(check, time_limit_s=time_limit_s))
+
+    def check_sync(self, check: CodeCheck, *, time_limit_s: float | None = None) -> SandboxResult:
+        return self.submit_check(check, time_limit_s=time_limit_s).result()
+
+    # --- plumbing
+    def _submit(self, kind: str, texts: tuple[str, ...], time_limit_s: float | None) -> concurrent.futures.Future:
+        limit = self.settings.default_time_limit_s if time_limit_s is None else float(time_limit_s)
+        if not limit > 0:
+            raise ValueError(f"time_limit_s must be positive (got {time_limit_s})")
+        if self._supervisor.closed or not self._finalizer.alive:
+            raise RuntimeError("Sandbox is closed")
+        supervisor = self._supervisor
+        request = host.Request(next(self._ids), kind, texts, limit, concurrent.futures.Future())
+        request.future.add_done_callback(lambda f: f.cancelled() and supervisor.post("cancel", request.id))
+        supervisor.post("submit", request)
+        return request.future
+
+    async def _gated(self, start) -> SandboxResult:
         gate = self._gate()
         with queued():
             await gate.acquire()
         try:
-            return await asyncio.wrap_future(self.submit(program, time_limit_s=time_limit_s))
+            return await asyncio.wrap_future(start())
         finally:
             gate.release()
 
@@ -128,12 +170,14 @@ class Sandbox:
             self._gate_loop, self._gate_semaphore = loop, asyncio.Semaphore(self.settings.workers)
         return self._gate_semaphore
 
-    def run_sync(self, program: str, *, time_limit_s: float | None = None) -> SandboxResult:
-        return self.submit(program, time_limit_s=time_limit_s).result()
-
     def server_info(self) -> dict[str, Any]:
-        """Diagnostics of the running server (pid, root, slot uids, network isolation)."""
-        return self._manager.info()
+        """The running server: host pid (``pid``), ``isolation`` ("strict"/"weak"),
+        ``sandbox_uid``, ``landlock``, ``scratch``; starts the server if needed."""
+        if not self._finalizer.alive:
+            raise RuntimeError("Sandbox is closed")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._supervisor.post("info", future)
+        return future.result(timeout=300)
 
     def close(self) -> None:
         """Stop the server; queued and running programs end with status "error"."""
@@ -146,205 +190,10 @@ class Sandbox:
         self.close()
 
 
-@dataclass
-class _Request:
-    id: int
-    program: str
-    time_limit: float
-    future: concurrent.futures.Future
-    attempts: int = 0
-
-    def line(self) -> bytes:
-        payload = {"op": "run", "id": self.id, "program": self.program, "time_limit": self.time_limit}
-        return (json.dumps(payload) + "\n").encode()
-
-
-class _ServerManager:
-    """Owns the current server process; restarts it when it died. Holds no reference to
-    the ``Sandbox`` so that the sandbox can be garbage-collected (its finaliser stops us)."""
-
-    def __init__(self, settings: SandboxSettings, site_packages: bool, preload: tuple[str, ...]) -> None:
-        self.settings = settings
-        self.site_packages = site_packages
-        self.preload = preload
-        self.lock = threading.Lock()
-        self.server: _ServerProcess | None = None
-        self.closed = False
-        self.ids = itertools.count(1)
-
-    def submit(self, program: str, time_limit: float) -> concurrent.futures.Future:
-        request = _Request(next(self.ids), program, time_limit, concurrent.futures.Future())
-        self._send(request)
-        return request.future
-
-    def _send(self, request: _Request) -> None:
-        request.attempts += 1
-        with self.lock:
-            if self.closed:
-                raise RuntimeError("Sandbox is closed")
-            if self.server is None or not self.server.send(request):
-                self.server = self._start_server()
-                self.server.send(request)
-
-    def _start_server(self) -> _ServerProcess:
-        return _ServerProcess(self._command(), self._environment(), self._server_died)
-
-    def _server_died(self, unfinished: list[_Request], reason: str, fatal: bool) -> None:
-        reason = "sandbox closed" if self.closed else reason
-        for request in unfinished:
-            if request.future.done():
-                continue
-            if fatal:
-                _resolve(request.future, exception=SandboxUnavailable(f"sandbox server failed to start: {reason}"))
-            elif self.closed or request.attempts >= _MAX_ATTEMPTS:
-                _resolve(request.future, SandboxResult("error", reason, "", 0.0))
-            else:
-                try:
-                    self._send(request)
-                except RuntimeError as exc:
-                    _resolve(request.future, SandboxResult("error", str(exc), "", 0.0))
-
-    def _command(self) -> list[str]:
-        config = {
-            "workers": self.settings.workers, "memory_mb": self.settings.memory_mb,
-            "file_size_mb": self.settings.file_size_mb, "max_processes": self.settings.max_processes,
-            "max_output_bytes": self.settings.max_output_bytes, "uid_base": self.settings.uid_base,
-            "tmp_root": tempfile.gettempdir(), "preload": list(self.preload),
-        }
-        flags = ["-I"] if self.site_packages else ["-I", "-S"]
-        return [sys.executable, *flags, str(_SERVER_SCRIPT), json.dumps(config)]
-
-    @staticmethod
-    def _environment() -> dict[str, str]:
-        """Only an allow-list: no API keys, tokens or proxies reach the server."""
-        env = {name: os.environ[name] for name in _ENV_ALLOWED if name in os.environ}
-        env.setdefault("PATH", _DEFAULT_PATH)
-        env["HOME"] = env["TMPDIR"] = tempfile.gettempdir()
-        return env
-
-    def info(self) -> dict[str, Any]:
-        with self.lock:
-            if self.closed:
-                raise RuntimeError("Sandbox is closed")
-            if self.server is None or not self.server.alive:
-                self.server = self._start_server()
-            server = self.server
-        return server.wait_ready()
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-            server, self.server = self.server, None
-        if server is not None:
-            server.stop()
-
-
-class _ServerProcess:
-    """One running zygote: a writer thread feeds requests, a reader thread resolves
-    futures from its JSON-line replies."""
-
-    def __init__(self, command: list[str], env: dict[str, str], on_exit) -> None:
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        env=env, close_fds=True, cwd="/", start_new_session=True)
-        self.on_exit = on_exit
-        self.alive = True
-        self.lock = threading.Lock()
-        self.pending: dict[int, _Request] = {}
-        self.outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self.ready = threading.Event()
-        self.ready_info: dict[str, Any] = {}
-        self.fatal = ""
-        self.reader = threading.Thread(target=self._read_loop, name="sandbox-reader", daemon=True)
-        self.writer = threading.Thread(target=self._write_loop, name="sandbox-writer", daemon=True)
-        self.reader.start()
-        self.writer.start()
-
-    def send(self, request: _Request) -> bool:
-        """Queue a request; False when this server has already exited."""
-        with self.lock:
-            if not self.alive:
-                return False
-            self.pending[request.id] = request
-        request.future.add_done_callback(lambda future: self._cancel_if_cancelled(future, request.id))
-        self.outbox.put(request.line())
-        return True
-
-    def _cancel_if_cancelled(self, future: concurrent.futures.Future, request_id: int) -> None:
-        if future.cancelled() and self.alive:
-            self.outbox.put((json.dumps({"op": "cancel", "id": request_id}) + "\n").encode())
-
-    def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
-        if not self.ready.wait(timeout) or self.fatal:
-            raise RuntimeError(f"sandbox server not ready: {self.fatal or 'timed out'}")
-        return dict(self.ready_info)
-
-    def _write_loop(self) -> None:
-        stream = self.process.stdin
-        while (data := self.outbox.get()) is not None:
-            try:
-                stream.write(data)
-                if self.outbox.empty():
-                    stream.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                break
-        try:
-            stream.close()
-        except (BrokenPipeError, OSError):
-            pass
-
-    def _read_loop(self) -> None:
-        try:
-            for line in self.process.stdout:
-                self._dispatch(json.loads(line))
-        finally:
-            self._finish()
-
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        if message["op"] == "result":
-            self._deliver(message)
-        elif message["op"] == "ready":
-            self.ready_info = message
-            self.ready.set()
-        elif message["op"] == "fatal":
-            self.fatal = message["message"]
-
-    def _deliver(self, message: dict[str, Any]) -> None:
-        with self.lock:
-            request = self.pending.pop(message["id"], None)
-        if request is not None:
-            _resolve(request.future, SandboxResult(message["status"], message["message"],
-                                                   message["output"], message["duration"]))
-
-    def _finish(self) -> None:
-        self.process.stdout.close()
-        code = self.process.wait()
-        with self.lock:
-            self.alive = False
-            unfinished, self.pending = list(self.pending.values()), {}
-        self.ready.set()
-        self.outbox.put(None)
-        reason = self.fatal or f"sandbox server exited (code {code})"
-        self.on_exit(unfinished, reason, bool(self.fatal))
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """EOF makes the server kill its children and remove its scratch space."""
-        self.outbox.put(None)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if threading.current_thread() is not self.reader:
-            self.reader.join(timeout)
-
-
-def _resolve(future: concurrent.futures.Future, result: SandboxResult | None = None, *,
-             exception: BaseException | None = None) -> None:
-    """Set a future's outcome unless the caller already cancelled it."""
+def _close_supervisor(supervisor: host.Supervisor) -> None:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    supervisor.post("close", future)
     try:
-        if exception is not None:
-            future.set_exception(exception)
-        else:
-            future.set_result(result)
-    except concurrent.futures.InvalidStateError:
+        future.result(timeout=30)
+    except concurrent.futures.TimeoutError:
         pass
