@@ -50,10 +50,10 @@ CODE_AND_TESTS = workflow(
 
 def test_the_request_cap_counts_operator_internal_requests(tmp_path, data_dir):
     """Each Test call repairs (wrong code, always) 3 times and regenerates: 13 requests in all;
-    the cap of 5 stops the attempt at 5, and it is not retried."""
+    the cap of 5 stops the attempt at 5, and it is not retried."""  # (the original: 10 rounds on HumanEval)
     with FakeOpenAIServer(code_reply) as server:
         sets = overrides(tmp_path / "ws", data_dir, server.url, **{
-            "evaluation.vali_num": "1", "evaluation.max_requests_per_attempt": "5", "operators.test_max_rounds": "3"})
+            "evaluation.vali_num": "1", "evaluation.max_requests_per_attempt": "5", "datasets.HumanEval.test_max_rounds": "3"})
         stage_with(tmp_path / "ws", data_dir, sets, CODE_AND_TESTS)
         done = evaluate(sets)
         assert done.returncode == 0, done.stderr

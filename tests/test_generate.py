@@ -37,9 +37,21 @@ class Workflow:
 """
 
 
+def letter_or(reply):  # type: ignore[no-untyped-def]
+    """A responder: ScEnsemble gets a letter (an unreadable one fails the run, as the original),
+    everything else ``reply`` (a string or a function of the request body)."""
+
+    def respond(body: dict):  # type: ignore[no-untyped-def]
+        if "<solution_letter>" in body["messages"][-1]["content"]:
+            return Reply("<solution_letter>A</solution_letter>")
+        return reply(body) if callable(reply) else Reply(reply)
+
+    return respond
+
+
 def verdicts(texts: list[str], dataset: str = "GSM8K", responder=None, **limits) -> list:
     bench = get_benchmark(dataset, load_config(None, [f"datasets.{dataset}.{k}={v}" for k, v in limits.items()]))
-    with FakeOpenAIServer(responder) as server:
+    with FakeOpenAIServer(letter_or(responder or "ok")) as server:
 
         async def go():
             client = OpenAIChatClient.from_config(
