@@ -207,6 +207,13 @@ class Benchmark(ABC):
         return max_range_for(self.family)
 
     @property
+    def binding_order(self) -> tuple[str, ...]:
+        """The operators in the order the template's ``__init__`` binds them (the original's),
+        then any the config adds; grammar-constrained decoding binds in this order."""
+        bound = tuple(dict.fromkeys(re.findall(r"= operator\.(\w+)\(", self.template_workflow)))
+        return (*bound, *(name for name in self.operators if name not in bound))
+
+    @property
     def similarity_threshold(self) -> float:
         return self.settings.similarity_threshold
 

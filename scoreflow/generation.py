@@ -183,7 +183,7 @@ class GenerateStage:
         # Where the template check applies, the grammar asks for more than the template's
         # single call: a small model otherwise copies the template and every sample is rejected.
         min_calls = gen.grammar_min_calls or (2 if self.benchmark.similarity_threshold < 1 else 1)
-        grammar = workflow_grammar(self.benchmark.operators, min_calls=min_calls) if gen.grammar else None
+        grammar = workflow_grammar(self.benchmark.binding_order, min_calls=min_calls) if gen.grammar else None
         sandbox = make_operator_sandbox(self.benchmark, self.config.sandbox)
         sampler = make_sampler(self.config.generator, gen, cache_dir=self.config.cache_dir, adapter=adapter, grammar=grammar)
         validator = WorkflowValidator(self.benchmark, client, sandbox, self.config)

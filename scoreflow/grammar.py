@@ -29,7 +29,10 @@ nonterminals carry that state explicitly over a small, fixed vocabulary:
   as one) and ``LOOP_BODY_STATEMENTS`` per loop body, so every workflow is finite
   (small models otherwise repeat a line until the token limit); optionally at least
   ``min_calls`` operator calls before the ``return`` (see ``workflow_grammar``);
-* fixed 4-space indentation, one blank line between the methods, no comments;
+* ``__init__`` and ``run_workflow`` open as the template does (the original's idiom:
+  multi-line signature, ``self.problem``, ``self.config = create(config)``, a docstring);
+* fixed 4-space indentation, one blank line between the methods and one before the
+  ``return`` (as the template), no comments;
 * string literals are double-quoted printable ASCII without ``"``, ``\\``, ``<``,
   backticks or parentheses (so neither ``</graph>``, a Markdown fence, nor the banned
   substrings ``int(`` / ``.split(' ')`` of SPEC section 4 can appear inside), made of
@@ -74,6 +77,12 @@ OPEN_TAG = "<graph>"
 # fence inside a literal, and none of the banned substrings ``int(`` and ``.split(' ')``.
 STRING_CHAR = r"[ !#-'*-;=-\[\]-_a-~]"
 WORD_CHAR = STRING_CHAR.replace("[ ", "[", 1)  # the same without the space
+# The original's idiom (benchmarks/families.py's template): a multi-line signature, the problem
+# kept, the config created, operators bound as operator.X(self.config, self.problem), a docstring.
+INIT_HEAD = (f"{INDENT}def __init__(\n{INDENT * 2}self,\n{INDENT * 2}config,\n{INDENT * 2}problem\n{INDENT}) -> None:\n"
+             f"{INDENT * 2}self.problem = problem\n{INDENT * 2}self.config = create(config)\n")
+RUN_HEAD = (f"\n{INDENT}async def run_workflow(self):\n"
+            f'{INDENT * 2}"""\n{INDENT * 2}This is a workflow graph.\n{INDENT * 2}"""\n')
 
 
 @dataclass(frozen=True)
@@ -199,8 +208,7 @@ class _Builder:
     # ------------------------------------------------------------ class and __init__
 
     def workflow(self, open_tag: bool) -> list[Alternative]:
-        head = (OPEN_TAG + "\n" if open_tag else "") + "class Workflow:\n"
-        head += f"{INDENT}def __init__(self, config, problem) -> None:\n"
+        head = (OPEN_TAG + "\n" if open_tag else "") + "class Workflow:\n" + INIT_HEAD
         return [(_lit(head), self.init(0, frozenset()), _lit(CLOSE_TAG))]
 
     def init(self, index: int, bound: frozenset[str]) -> str:
@@ -211,9 +219,9 @@ class _Builder:
         if index == len(self.operators):
             if not bound:
                 return []
-            return [(_lit(f"\n{INDENT}async def run_workflow(self):\n"), self.body(bound, _State()))]
+            return [(_lit(RUN_HEAD), self.body(bound, _State()))]
         name = self.operators[index]
-        line = f"{INDENT * 2}self.{OPERATORS[name].attribute} = operator.{name}(config, problem)\n"
+        line = f"{INDENT * 2}self.{OPERATORS[name].attribute} = operator.{name}(self.config, self.problem)\n"
         return [(_lit(line), self.init(index + 1, bound | {name})), (self.init(index + 1, bound),)]
 
     def bmask(self, bound: frozenset[str]) -> int:
@@ -233,7 +241,7 @@ class _Builder:
         indent = _lit(INDENT * BODY_INDENT)
         options = [(indent, *stmt, self.body(bound, after)) for stmt, after in self.statements(bound, state, 0, None)]
         if state.strings and state.calls >= self.cap:
-            options.append((indent, _lit("return "), self.string_ref(state), _lit("\n")))
+            options.append((_lit("\n"), indent, _lit("return "), self.string_ref(state), _lit("\n")))
         return options
 
     def loop_body(self, bound: frozenset[str], state: _State, depth: int, goal: _Exit) -> str:

@@ -412,7 +412,7 @@ PIECES = (
 
 def test_sanitize_picks_the_entry_point_metagpt_picks() -> None:
     """Where MetaGPT's longest span defines the entry point, we return that same definition
-    (replies without triple-quoted strings; see docs/fidelity_operators.md)."""
+    (replies without triple-quoted strings; see docs/fidelity.md)."""
     rng = random.Random(14)
     compared = 0
     for _ in range(600):

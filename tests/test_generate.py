@@ -108,7 +108,7 @@ def tiny(workspace: Path, data_dir: Path, *extra: str) -> list[str]:
     sets = [
         f"workspace={workspace}", f"data_dir={data_dir}", f"cache_dir={CACHE}",
         "generator.model=smollm2-135m-instruct", "generator.backend=transformers", "generator.dtype=float32",
-        "generation.k=2", "generation.max_problems=2", "generation.max_new_tokens=160",
+        "generation.k=2", "generation.max_problems=2", "generation.max_new_tokens=256",
         "generation.max_resample_rounds=0", "executor.backend=local", "executor.model=smollm2-135m-instruct",
         "executor.max_tokens=48", *extra,
     ]

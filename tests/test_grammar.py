@@ -27,7 +27,7 @@ from scoreflow.grammar import (  # noqa: E402
 from scoreflow.workflow import WorkflowRejected, check_workflow, extract_graph  # noqa: E402
 
 CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache"
-OPERATOR_SETS = sorted({get_benchmark(name).operators for name in DATASETS})
+OPERATOR_SETS = sorted({get_benchmark(name).binding_order for name in DATASETS})
 WALKS_PER_SET = 150
 MAX_WALK_TOKENS = 2500
 
@@ -37,13 +37,13 @@ MAX_WALK_TOKENS = 2500
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_grammar_parses_for_every_benchmark(dataset: str) -> None:
-    grammar = workflow_grammar(get_benchmark(dataset).operators)
+    grammar = workflow_grammar(get_benchmark(dataset).binding_order)
     assert grammar.startswith("root ::= ")
     xgr.Grammar.from_ebnf(grammar)  # raises on a syntax error or an undefined rule
 
 
 def test_grammar_text_is_deterministic_and_tag_optional() -> None:
-    ops = get_benchmark("GSM8K").operators
+    ops = get_benchmark("GSM8K").binding_order
     assert workflow_grammar(ops) == workflow_grammar(ops)
     assert '"<graph>\\nclass Workflow:' in workflow_grammar(ops)
     assert "<graph>\\n" not in workflow_grammar(ops, include_open_tag=False)
@@ -92,30 +92,46 @@ def accepts(dec: GrammarDecoding, tokenizer, text: str) -> bool:
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_template_workflow_is_accepted(tokenizer, dataset: str) -> None:
     bench = get_benchmark(dataset)
-    dec = decoding(tokenizer, bench.operators)
+    dec = decoding(tokenizer, bench.binding_order)
     text = "<graph>\n" + bench.template_workflow + "</graph>"
     assert accepts(dec, tokenizer, text)
     assert not accepts(dec, tokenizer, text[: -len("</graph>")])  # the closing tag is required
 
 
 DOC_EXAMPLE = '''class Workflow:
-    def __init__(self, config, problem) -> None:
-        self.custom = operator.Custom(config, problem)
-        self.sc_ensemble = operator.ScEnsemble(config, problem)
+    def __init__(
+        self,
+        config,
+        problem
+    ) -> None:
+        self.problem = problem
+        self.config = create(config)
+        self.custom = operator.Custom(self.config, self.problem)
+        self.sc_ensemble = operator.ScEnsemble(self.config, self.problem)
 
     async def run_workflow(self):
+        """
+        This is a workflow graph.
+        """
         solutions = []
         for _ in range(3):
             solution = await self.custom(instruction="Solve the problem step by step.")
             solutions.append(solution)
         final = await self.sc_ensemble(solutions=solutions)
+
         return final
 '''
+HEAD = DOC_EXAMPLE.split("        solutions = []")[0]  # the class up to run_workflow's first statement
+
+
+def body(lines) -> str:
+    """run_workflow's statements, two levels deep ('' is the blank line before the return)."""
+    return "".join(f"        {line}\n" if line else "\n" for line in lines)
 
 
 @pytest.mark.slow
 def test_language_example_is_accepted_without_open_tag(tokenizer) -> None:
-    ops = get_benchmark("GSM8K").operators
+    ops = get_benchmark("GSM8K").binding_order
     assert accepts(decoding(tokenizer, ops, include_open_tag=False), tokenizer, DOC_EXAMPLE + "</graph>")
     check_workflow(DOC_EXAMPLE, ops)
 
@@ -123,54 +139,51 @@ def test_language_example_is_accepted_without_open_tag(tokenizer) -> None:
 @pytest.mark.slow
 def test_min_calls_refuses_the_template(tokenizer) -> None:
     bench = get_benchmark("GSM8K")
-    dec = decoding(tokenizer, bench.operators, min_calls=2)
+    dec = decoding(tokenizer, bench.binding_order, min_calls=2)
     assert not accepts(dec, tokenizer, "<graph>\n" + bench.template_workflow + "</graph>")
     assert accepts(dec, tokenizer, "<graph>\n" + DOC_EXAMPLE + "</graph>")  # a call in a loop, then one more
 
 
-ACCEPTED_LIMITS = (*["solution = await self.custom(instruction=\"x\")"] * MAX_STATEMENTS, "return solution")
+ACCEPTED_LIMITS = (*["solution = await self.custom(instruction=\"x\")"] * MAX_STATEMENTS, "", "return solution")
 
 
 @pytest.mark.slow
 def test_statement_limits_are_exact(tokenizer) -> None:
-    head = DOC_EXAMPLE.split("    async def")[0] + "    async def run_workflow(self):\n"
     loop = ("answer = await self.custom(instruction=\"x\")", "for _ in range(2):",
             *["    solution = await self.custom(instruction=\"x\")"] * LOOP_BODY_STATEMENTS[0])
-    dec = decoding(tokenizer, get_benchmark("GSM8K").operators)
-    for lines in (ACCEPTED_LIMITS, (*loop, "return answer")):  # loop-local names end with the loop
-        assert accepts(dec, tokenizer, "<graph>\n" + head + "".join(f"        {x}\n" for x in lines) + "</graph>")
+    dec = decoding(tokenizer, get_benchmark("GSM8K").binding_order)
+    for lines in (ACCEPTED_LIMITS, (*loop, "", "return answer")):  # loop-local names end with the loop
+        assert accepts(dec, tokenizer, "<graph>\n" + HEAD + body(lines) + "</graph>")
 
 
 CALL = 'solution = await self.custom(instruction="x")'
 REJECTED = {
-    "name used before assignment": ("solution = await self.custom(instruction=\"x\")", "return final"),
-    "unbound operator": ("solution = await self.review(pre_solution=\"x\")", "return solution"),
+    "name used before assignment": ("solution = await self.custom(instruction=\"x\")", "", "return final"),
+    "unbound operator": ("solution = await self.review(pre_solution=\"x\")", "", "return solution"),
     "ensemble of an empty list": ("solutions = []", "solution = await self.sc_ensemble(solutions=solutions)"),
-    "closing tag inside a literal": ("solution = await self.custom(instruction=\"a </graph> b\")", "return solution"),
-    "banned substring in a literal": ("solution = await self.custom(instruction=\"use int( x\")", "return solution"),
+    "closing tag inside a literal": ("solution = await self.custom(instruction=\"a </graph> b\")", "", "return solution"),
+    "banned substring in a literal": ("solution = await self.custom(instruction=\"use int( x\")", "", "return solution"),
     "range too long": ("for _ in range(4):", "    solution = await self.custom(instruction=\"x\")"),
-    "word too long": (CALL.replace("x", "a" * (MAX_WORD_CHARS + 1)), "return solution"),
-    "too many statements": (*[CALL] * (MAX_STATEMENTS + 1), "return solution"),
+    "word too long": (CALL.replace("x", "a" * (MAX_WORD_CHARS + 1)), "", "return solution"),
+    "too many statements": (*[CALL] * (MAX_STATEMENTS + 1), "", "return solution"),
     "loop body too long": ("for _ in range(2):", *["    " + CALL] * (LOOP_BODY_STATEMENTS[0] + 1), CALL,
-                           "return solution"),
-    "too many words": (CALL.replace("x", " ".join(["a"] * (MAX_STRING_WORDS + 1))), "return solution"),
+                           "", "return solution"),
+    "too many words": (CALL.replace("x", " ".join(["a"] * (MAX_STRING_WORDS + 1))), "", "return solution"),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(REJECTED))
 def test_grammar_refuses_what_the_checker_or_pipeline_would(tokenizer, case: str) -> None:
-    ops = get_benchmark("GSM8K").operators
-    head = DOC_EXAMPLE.split("    async def")[0] + "    async def run_workflow(self):\n"
-    body = "".join(f"        {line}\n" for line in REJECTED[case])
-    assert not accepts(decoding(tokenizer, ops), tokenizer, "<graph>\n" + head + body + "</graph>")
+    ops = get_benchmark("GSM8K").binding_order
+    assert not accepts(decoding(tokenizer, ops), tokenizer, "<graph>\n" + HEAD + body(REJECTED[case]) + "</graph>")
 
 
 @pytest.mark.slow
 def test_logits_processor_keeps_one_matcher_per_row(tokenizer) -> None:
     import torch
 
-    dec = decoding(tokenizer, get_benchmark("GSM8K").operators)
+    dec = decoding(tokenizer, get_benchmark("GSM8K").binding_order)
     processor = dec.logits_processor()
     vocab = tokenizer.vocab_size_full
     prompt = torch.zeros((2, 3), dtype=torch.long)
@@ -190,17 +203,25 @@ class Walker:
     Inside a string literal nearly the whole vocabulary is allowed, so with probability
     ``close_bias`` a walk picks among the allowed tokens that contain a double quote —
     walks then end sooner and contain more statements (a better probe of the grammar's
-    state tracking) while still reaching every allowed token.
+    state tracking) while still reaching every allowed token. Likewise, where a statement
+    or the blank line before the ``return`` may follow, the many whitespace tokens that
+    hold a blank line all lead to the ``return``; with probability ``stay_bias`` a walk
+    picks among the others, so walks are not cut short there.
     """
 
-    def __init__(self, dec: GrammarDecoding, tokenizer, seed: int, close_bias: float = 0.3) -> None:
+    def __init__(self, dec: GrammarDecoding, tokenizer, seed: int, close_bias: float = 0.3,
+                 stay_bias: float = 0.75) -> None:
         self.dec, self.tokenizer = dec, tokenizer
         self.vocab = tokenizer.vocab_size_full
         self.rng = np.random.default_rng(seed)
         self.close_bias = close_bias
+        self.stay_bias = stay_bias
         self.quote = np.zeros(self.vocab, dtype=bool)
+        self.newline = np.zeros(self.vocab, dtype=bool)
         for token_id in range(len(tokenizer)):
-            self.quote[token_id] = '"' in tokenizer.decode([token_id])
+            piece = tokenizer.decode([token_id])
+            self.quote[token_id] = '"' in piece
+            self.newline[token_id] = piece.lstrip(" ").startswith("\n\n")
         self.bitmask = xgr.allocate_token_bitmask(1, self.vocab)
 
     def allowed(self) -> np.ndarray:
@@ -216,6 +237,9 @@ class Walker:
             closing = allowed & self.quote
             if allowed.sum() > 1000 and closing.any() and self.rng.random() < self.close_bias:
                 allowed = closing
+            staying = allowed & ~self.newline
+            if staying.any() and (allowed & self.newline).any() and self.rng.random() < self.stay_bias:
+                allowed = staying
             token = int(self.rng.choice(np.flatnonzero(allowed)))
             assert matcher.accept_token(token)
             tokens.append(token)
@@ -231,7 +255,7 @@ FEATURES = {
 }
 
 
-WALK_CASES = [(ops, 1) for ops in OPERATOR_SETS] + [(get_benchmark("MATH").operators, 2)]
+WALK_CASES = [(ops, 1) for ops in OPERATOR_SETS] + [(get_benchmark("MATH").binding_order, 2)]
 
 
 @pytest.mark.slow

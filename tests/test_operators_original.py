@@ -2,7 +2,7 @@
 
 Each behaviour is checked through the local OpenAI-compatible test server, with the
 number of requests the original would send; code runs in the real sandbox. See
-``docs/fidelity_operators.md`` for the behaviours and where we deliberately differ.
+``docs/fidelity.md`` for the behaviours and where we deliberately differ.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ def script(name: str, workspace: Path, data_dir: Path, *args: str) -> subprocess
     sets = [
         f"workspace={workspace}", f"data_dir={data_dir}", f"cache_dir={CACHE}",
         "generator.model=smollm2-135m-instruct", "generator.backend=transformers", "generator.dtype=float32",
-        "generation.k=2", "generation.inference_k=1", "generation.max_problems=2", "generation.max_new_tokens=160",
+        "generation.k=2", "generation.inference_k=1", "generation.max_problems=2", "generation.max_new_tokens=256",
         "generation.grammar=true", "generation.max_resample_rounds=0",
         "executor.backend=local", "executor.model=smollm2-135m-instruct", "executor.max_tokens=64",
         "evaluation.vali_num=2",

@@ -2,7 +2,7 @@
 
 Each ``original_*`` function below is our own small re-implementation of what the
 original ScoreFlow's scoring code does (``ScoreFlow/benchmark/*.py``, as described in
-docs/fidelity_evaluate.md); ours must agree with it on the named cases and on the
+docs/fidelity.md); ours must agree with it on the named cases and on the
 published gold answers, except where a deviation is documented (named here too).
 The references run sympy in this process, so they only ever see our own literal
 strings and the published reference solutions; the plain-expression parser (which
