@@ -37,11 +37,12 @@ def make_parser(description: str, *, dataset: bool = True, dataset_required: boo
     return parser
 
 
-def make_stage_parser(description: str) -> argparse.ArgumentParser:
-    """The options of the epoch-indexed stage scripts (generate.py, evaluate.py)."""
+def make_stage_parser(description: str, *, epoch_required: bool = True) -> argparse.ArgumentParser:
+    """The options of the epoch-indexed stage scripts (generate.py, evaluate.py); evaluate.py
+    checks ``--epoch`` itself (``epoch_required=False``): its ``--baseline`` runs have none."""
     parser = make_parser(description)
     parser.add_argument("--task", choices=("optimize", "inference"), default="optimize")
-    parser.add_argument("--epoch", type=int, required=True)
+    parser.add_argument("--epoch", type=int, required=epoch_required)
     add_rerun_options(parser)
     return parser
 

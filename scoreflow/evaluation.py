@@ -84,14 +84,12 @@ class EvaluateStage:
         self.runs = settings.vali_num if task == "optimize" else (settings.inference_runs or settings.vali_num)
 
     def run(self, *, force: bool = False) -> dict[str, Any]:
-        self.workspace.require(self.needs)
-        workflows = read_jsonl(self.workspace.path(self.workflows_file))
+        if self.needs is not None:
+            self.workspace.require(self.needs)
         gen = self.config.generation
         selected = self.benchmark.select(self.split, self.config.data_dir, gen.problem_ids, gen.max_problems)  # type: ignore[arg-type]
         problems = {p.id: p for p in selected}
-        missing = sorted({w["problem_id"] for w in workflows} - set(problems))
-        if missing:
-            raise_missing(self.workspace.path(self.workflows_file), missing[0], self.split)
+        workflows = self._workflows(problems)
         checked = self._checked(workflows)
         stage = self.workspace.start(self.stage, self.config, force=force)
         log = stage.log(self.scores_file)
@@ -118,6 +116,15 @@ class EvaluateStage:
 
     # ------------------------------------------------------------ scoring runs
 
+    def _workflows(self, problems: dict[str, Problem]) -> list[dict[str, Any]]:
+        """The workflows to score: what the generate stage wrote, each of a selected problem
+        (a baseline stage overrides this with its fixed workflow)."""
+        workflows = read_jsonl(self.workspace.path(self.workflows_file))
+        missing = sorted({w["problem_id"] for w in workflows} - set(problems))
+        if missing:
+            raise_missing(self.workspace.path(self.workflows_file), missing[0], self.split)
+        return workflows
+
     def _checked(self, workflows: list[dict[str, Any]]) -> dict[tuple[str, int], CheckedWorkflow]:
         """Every valid workflow through the checker before anything runs: one that no longer
         passes (other operators or loop bound than the generate stage had) is a one-line error."""
@@ -141,10 +148,10 @@ class EvaluateStage:
         client: ChatClient, log: Any, stage: Any,
     ) -> None:
         sandbox = make_operator_sandbox(self.benchmark, self.config.sandbox)
-        where = f"{self.workspace.dataset} epoch {self.workspace.epoch} {self.stage}"
+        where = f"{self.workspace.label} {self.stage}"
         streak = FailureStreak(self.config.evaluation.max_infra_failures, client.meter, where)
         try:
-            with tqdm(total=len(todo), desc=f"evaluate {self.workspace.dataset}", unit="run") as bar:
+            with tqdm(total=len(todo), desc=f"evaluate {self.workspace.label}", unit="run") as bar:
 
                 async def one(item: tuple[RunKey, dict[str, Any], Problem]) -> None:
                     key, _, problem = item

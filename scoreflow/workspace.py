@@ -91,6 +91,11 @@ STAGES: dict[str, StageSpec] = {
             ("inference/scores.jsonl",),
             "python evaluate.py --dataset {dataset} --task inference --epoch {epoch}",
         ),
+        StageSpec(  # a Table-1 baseline (scoreflow/baselines.py), in <dataset>/baselines/<name>/
+            "baseline_inference",
+            ("scores.jsonl",),
+            "python evaluate.py --dataset {dataset} --task inference --baseline NAME",
+        ),
     )
 }
 
@@ -105,6 +110,11 @@ class Workspace:
         self.dataset = dataset
         self.epoch = epoch
         self.dir = self.root / dataset / f"epoch_{epoch}"
+
+    @property
+    def label(self) -> str:
+        """How messages name this folder (a baseline's folder names its baseline instead)."""
+        return f"{self.dataset} epoch {self.epoch}"
 
     @classmethod
     def from_config(cls, config: Config, dataset: str, epoch: int) -> Workspace:
@@ -148,7 +158,7 @@ class Workspace:
         state = "is unfinished" if manifest else "is missing"
         command = _spec(stage).command.format(dataset=self.dataset, epoch=self.epoch, prev_epoch=self.epoch - 1)
         raise ScoreFlowError(
-            f"{self.dataset} epoch {self.epoch}: the {stage} stage {state} "
+            f"{self.label}: the {stage} stage {state} "
             f"({self.manifest_path(stage)}); run first: {command}"
         )
 
@@ -165,7 +175,7 @@ class Workspace:
             manifest = _new_manifest(spec, self, snapshot)
         elif manifest.get("status") == "complete":
             raise ScoreFlowError(
-                f"{self.dataset} epoch {self.epoch}: the {stage} stage is already finished "
+                f"{self.label}: the {stage} stage is already finished "
                 f"({self.manifest_path(stage)}); pass --force to redo it"
             )
         else:
