@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 from benchmarks import scoring
 from benchmarks.base import Benchmark, Problem, Score
 from scoreflow.offload import sanitize_async
+from scoreflow.sandbox import CodeCheck
 
 
 def template(bindings: tuple[tuple[str, str], ...], call: str) -> str:
@@ -111,8 +112,16 @@ class CodeBenchmark(Benchmark):
         """Code placed before the solution so helpers the prompt refers to exist."""
         return ""
 
+    def code_check(self, problem: Problem, solution: str) -> CodeCheck:
+        """The check a score runs: the prelude and the prompt's helpers (trusted, in both
+        processes), the solution (untrusted, alone in its process), the hidden tests and
+        their call (in the tests' process, which alone writes the verdict)."""
+        return CodeCheck(solution=solution, tests=problem.test, call=self.check_call(problem),
+                         entry_point=problem.entry_point, prelude=self.prelude + self.helper_prelude(problem))
+
     def check_program(self, problem: Problem, solution: str) -> str:
-        """The whole program the sandbox runs: prelude, solution, hidden tests, call."""
+        """Prelude, solution, hidden tests and call as one program, for ``Sandbox.run``:
+        the program's own claim of a pass, so never used for a score (``code_check``)."""
         defined = (
             f"if {problem.entry_point!r} not in globals():\n"
             f"    raise NameError('the solution does not define {problem.entry_point}')\n"
@@ -139,9 +148,7 @@ class CodeBenchmark(Benchmark):
 
     async def score(self, problem: Problem, output: str) -> Score:
         solution = await sanitize_async(output, problem.entry_point)
-        result = await self.sandbox.run(
-            self.check_program(problem, solution), time_limit_s=self.settings.check_time_limit_s
-        )
+        result = await self.sandbox.check(self.code_check(problem, solution), time_limit_s=self.settings.check_time_limit_s)
         return Score(1.0 if result.passed else 0.0, solution, f"{result.status}: {result.message}")
 
 

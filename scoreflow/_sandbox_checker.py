@@ -31,6 +31,12 @@ MAX_MESSAGE = 64 << 20  # bytes of one message from the candidate
 MAX_RECORD = 8192  # bytes of a status record
 _LENGTH = 4
 
+# The builtins as module globals: a solution that patches ``builtins`` (len, isinstance,
+# ...) in its own process must not turn this module's protocol code into an endless
+# loop that only the time limit ends (it could still break it deliberately: it then
+# answers nothing and fails).
+globals().update({name: value for name, value in vars(builtins).items() if not name.startswith("_")})
+
 
 # --------------------------------------------------------------------------- reporting
 
@@ -657,7 +663,7 @@ def serve_tests(control_fd: int, checks_per_process: int) -> None:
 
     control = socket.socket(fileno=control_fd)
     devnull = os.open(os.devnull, os.O_RDWR)
-    for _ in range(checks_per_process):
+    for index in range(checks_per_process):
         data, fds, _, _ = socket.recv_fds(control, 4096, 8)
         if not data or len(fds) != 5:
             break
@@ -674,7 +680,8 @@ def serve_tests(control_fd: int, checks_per_process: int) -> None:
             for fd in (to_candidate, from_candidate, verdict, output):
                 os.close(fd)
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        report = {"cpu": time.process_time() - started, "maxrss_kb": usage.ru_maxrss, "retire": not healthy}
+        last = index == checks_per_process - 1  # the server must not hand over another check
+        report = {"cpu": time.process_time() - started, "maxrss_kb": usage.ru_maxrss, "retire": last or not healthy}
         control.send(json.dumps(report).encode())
         if not healthy:
             break
@@ -699,7 +706,7 @@ def _check(spec: dict, channel: _Channel) -> None:
     resolved = channel.request("resolve", wanted)
     if type(resolved) is not list:
         raise channel._broke("malformed names")
-    bound = dict(_bind(channel, resolved, set(wanted)))
+    bound = dict(_bind(channel, resolved, set(wanted), entry))
     if entry not in bound:
         raise NameError(f"the solution does not define {entry}")
     namespace.update(bound)
@@ -707,7 +714,7 @@ def _check(spec: dict, channel: _Channel) -> None:
     exec(call, namespace)
 
 
-def _bind(channel: _Channel, resolved: list, wanted: set):
+def _bind(channel: _Channel, resolved: list, wanted: set, entry_point: str):
     """(name, value) for each name the solution defines; modules are imported here."""
     for item in resolved:
         if type(item) is not list or len(item) != 2 or item[0] not in wanted:
@@ -716,12 +723,23 @@ def _bind(channel: _Channel, resolved: list, wanted: set):
         if tree is None:
             continue
         if type(tree) is list and len(tree) == 2 and tree[0] == "M" and type(tree[1]) is str:
+            if name == entry_point:
+                raise channel._broke("the entry point is a module")
             yield name, _stdlib_module(tree[1], channel)
         else:
             yield name, channel.value(tree)
 
 
+# Standard modules whose import does something (opens a browser, prints, starts a GUI):
+# the candidate may not make the tests' process import them.
+_ACTIVE_MODULES = frozenset({"antigravity", "this", "__hello__", "__phello__", "idlelib", "tkinter", "turtle",
+                             "turtledemo", "webbrowser", "pydoc", "site", "ensurepip", "venv", "lib2to3"})
+
+
 def _stdlib_module(name: str, channel: _Channel) -> types.ModuleType:
-    if name.partition(".")[0] not in sys.stdlib_module_names:
-        raise channel._broke(f"not a standard module: {name[:100]}")
-    return importlib.import_module(name)
+    """A module the solution imported and the tests use by the same name: the tests'
+    process imports its own copy (only standard, inactive modules)."""
+    top = name.partition(".")[0]
+    if top not in sys.stdlib_module_names or top in _ACTIVE_MODULES:
+        raise channel._broke(f"not a module the tests may import: {name[:100]}")
+    return sys.modules.get(name) or importlib.import_module(name)
