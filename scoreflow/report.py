@@ -6,7 +6,9 @@
 Everything is read from the stage manifests and ``scores.jsonl`` files the stages wrote
 (nothing is recomputed). For MATH, DROP and HotpotQA the headline test rate is the
 judge's, as in the paper, with the exact scorer's beside it. Writes ``<workspace>/report/report.md`` and three PNG plots
-(solve rate per epoch, score distributions, cost per epoch) and prints the markdown.
+(solve rate per epoch, score distributions, cost per epoch) and prints the markdown. Baselines run with
+``evaluate.py --baseline`` add our rows beside the paper's, an inference-cost table and, per dataset,
+``inference_cost_<D>.png`` (``scoreflow/report_baselines.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 from scoreflow.config import DATASETS
 from scoreflow.errors import ScoreFlowError
 from scoreflow.jsonio import atomic_write_bytes, atomic_write_text, read_json, read_jsonl
+from scoreflow.report_baselines import MethodPoint, collect_baselines, cost_lines, plot_datasets, plot_inference_cost
+from scoreflow.report_baselines import plot_name, scoreflow_point, table_rows
 
 # SPEC section 8 (executor GPT-4o-mini, generator Llama-3.1-8B-Instruct), in the paper's column order.
 PAPER_COLUMNS: tuple[str, ...] = ("HotpotQA", "DROP", "HumanEval", "MBPP", "GSM8K", "MATH")
@@ -133,8 +137,8 @@ def collect(workspace: Path) -> list[EpochResult]:
             result = _read_epoch(dataset, folder)
             if result.manifests:
                 results.append(result)
-    if not results:
-        raise ScoreFlowError(f"{workspace}: no finished stage found under <dataset>/epoch_<i>/")
+    if not results and not collect_baselines(workspace):
+        raise ScoreFlowError(f"{workspace}: no finished stage found under <dataset>/epoch_<i>/ or <dataset>/baselines/")
     return results
 
 
@@ -167,23 +171,32 @@ def workflow_means(records: list[dict[str, Any]]) -> list[float]:
 # ---------------------------------------------------------------- markdown
 
 
-def render_markdown(results: list[EpochResult], workspace: Path) -> str:
+def render_markdown(results: list[EpochResult], workspace: Path, baselines: Sequence[MethodPoint] = ()) -> str:
+    baselines = list(baselines)
+    plots = [*(PLOTS if results else ()), *map(plot_name, plot_datasets(baselines))]
     parts = [
         f"# ScoreFlow report: `{workspace}`",
         "",
-        *_solve_rate_table(results),
+        *_solve_rate_table(results, baselines),
         "",
-        *_epoch_table(results),
+        *([*_epoch_table(results), "", *_cost_table(results), ""] if results else []),  # none: baselines only
+        *cost_lines(inference_points(results, baselines)),
         "",
-        *_cost_table(results),
-        "",
-        "Plots: " + ", ".join(f"[{name}]({name})" for name in PLOTS),
+        "Plots: " + ", ".join(f"[{name}]({name})" for name in plots),
         "",
     ]
     return "\n".join(parts)
 
 
-def _solve_rate_table(results: list[EpochResult]) -> list[str]:
+def inference_points(results: list[EpochResult], baselines: list[MethodPoint]) -> list[MethodPoint]:
+    """Every method's inference cost point: the baselines, then our generated workflows per epoch."""
+    ours = [scoreflow_point(r.dataset, f"{r.method}, epoch {r.epoch}", r.counts("inference_evaluate"),
+                            [r.executor("inference_generate"), r.executor("inference_evaluate")])
+            for r in results if r.solve_rate is not None]
+    return [*baselines, *ours]
+
+
+def _solve_rate_table(results: list[EpochResult], baselines: Sequence[MethodPoint] = ()) -> list[str]:
     """SPEC section 8's layout: datasets as columns, a row per method; ours per inference epoch."""
     lines = [
         "## Test solve rate (%)",
@@ -196,15 +209,18 @@ def _solve_rate_table(results: list[EpochResult]) -> list[str]:
     for name, row in PAPER_ABLATIONS.items():
         lines.append(_row(f"{name} (paper, ablation)", dict(zip(PAPER_COLUMNS, map(_pct, row)))))
     subset_notes: list[str] = []
+    for label, cells in table_rows(list(baselines), subset_notes).items():  # the baselines re-run in this harness
+        lines.append(_row(f"**{label} (ours)**", cells))
     for (method, epoch), cells in _our_rows(results, subset_notes).items():
         lines.append(_row(f"**{method}, epoch {epoch} (ours)**", cells))
-    if any(r.judged_headline for r in results):
+    if any(r.judged_headline for r in results) or any(b.judged_headline for b in baselines):
         lines += ["", f"{', '.join(JUDGED_HEADLINE)}: the judge's solve rate, as the paper reports them; the exact "
                   "scorer's rate in brackets. The other datasets: the exact rate."]
     if subset_notes:
         lines += ["", "† " + "; ".join(subset_notes) + ": a subset of the test split, not comparable with the paper."]
-    if not any(r.solve_rate is not None for r in results):
-        lines += ["", "No inference run yet: `evaluate.py --task inference --epoch N` adds our rows."]
+    if not any(r.solve_rate is not None for r in results) and not baselines:
+        lines += ["", "No inference run yet: `evaluate.py --task inference --epoch N` adds our rows "
+                  "(`scripts/baselines.sh DATASET` the baselines')."]
     return lines
 
 
@@ -328,8 +344,9 @@ def _summed(usages: Iterable[tuple[int, float | None, int]]) -> tuple[int, float
 # ---------------------------------------------------------------- plots
 
 
-def write_plots(results: list[EpochResult], out: Path) -> list[Path]:
-    """Three PNGs, each written atomically."""
+def write_plots(results: list[EpochResult], out: Path, baselines: Sequence[MethodPoint] = ()) -> list[Path]:
+    """Three PNGs (where an epoch has finished stages), and one inference-cost plot per dataset
+    with a measured baseline; each written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -340,7 +357,10 @@ def write_plots(results: list[EpochResult], out: Path) -> list[Path]:
         PLOTS[0]: _plot_solve_rates(plt, results, datasets),
         PLOTS[1]: _plot_score_distributions(plt, results, datasets),
         PLOTS[2]: _plot_costs(plt, results, datasets),
-    }
+    } if results else {}
+    points = inference_points(results, list(baselines))
+    for dataset in plot_datasets(list(baselines)):
+        figures[plot_name(dataset)] = plot_inference_cost(plt, dataset, points)
     written = []
     for name, figure in figures.items():
         buffer = io.BytesIO()
@@ -437,12 +457,13 @@ def _plot_costs(plt: Any, results: list[EpochResult], datasets: list[str]) -> An
 def write_report(workspace: Path, out: Path | None = None) -> tuple[str, list[Path]]:
     """Collect, render and write; returns the markdown and the written files."""
     results = collect(workspace)
+    baselines = collect_baselines(workspace)
     out = out or workspace / "report"
-    markdown = render_markdown(results, workspace)
+    markdown = render_markdown(results, workspace, baselines)
     report_path = out / "report.md"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(report_path, markdown)
-    return markdown, [report_path, *write_plots(results, out)]
+    return markdown, [report_path, *write_plots(results, out, baselines)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

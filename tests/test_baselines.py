@@ -231,3 +231,58 @@ def test_killed_baseline_run_resumes_without_sending_a_request_twice(tmp_path: P
     assert manifest["counts"]["solve_rate"] == 1.0 and manifest["counts"]["runs"] == 12
     assert manifest["usage"]["executor"]["paid"]["sessions"] == 2
     assert "HumanEval baseline cot_sc: 12 runs" in resumed.stdout
+
+
+def test_all_baselines_then_the_report_rows_costs_and_plot(tmp_path: Path, data_dir: Path) -> None:
+    """``--baseline all`` runs the six in turn; the report puts our rows beside the paper's,
+    each with USD and tokens per problem from its manifest, and draws the cost plot."""
+    problems = get_benchmark("HumanEval").load("test", data_dir)[:2]
+    prices = {"executor.prices.fake-model.input": "0.15", "executor.prices.fake-model.output": "0.6",
+              "generation.max_problems": "2", "evaluation.vali_num": "1"}
+    with FakeOpenAIServer(responder_for("HumanEval", problems)) as server:
+        sets = cli_sets(tmp_path / "ws", data_dir, server.url, **prices)
+        done = evaluate("--dataset", "HumanEval", "--task", "inference", "--baseline", "all", *sets)
+        assert done.returncode == 0, done.stderr
+        assert len(server.requests) == 2 * sum(WORKFLOW_CALLS.values())
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == [f"HumanEval baseline {n}" for n in BASELINE_NAMES]
+    report = subprocess.run([sys.executable, "-m", "scoreflow.report", "--workspace", str(tmp_path / "ws")], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    markdown = (tmp_path / "ws" / "report" / "report.md").read_text()
+    for label in ("IO", "CoT", "CoT SC", "MedPrompt", "MultiPersona", "Self Refine"):
+        assert f"| **{label} (ours)** | — | — | 100.0† | — | — | — | — |" in markdown
+        assert f"| {label} (paper) |" in markdown
+    manifest = read_json(tmp_path / "ws" / "HumanEval" / "baselines" / "cot_sc" / "baseline_inference.manifest.json")
+    usage = manifest["usage"]["executor"]
+    assert usage["cost_usd"] > 0
+    row = (f"| HumanEval | CoT SC | 100.0† | 2 | 1 | {usage['calls']} | {usage['total_tokens'] / 2:,.0f} "
+           f"| {usage['cost_usd'] / 2:.5f} | {usage['cost_usd']:.4f} |")
+    assert row in markdown
+    assert "## Per epoch" not in markdown  # no epoch has run in this workspace
+    png = tmp_path / "ws" / "report" / "inference_cost_HumanEval.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "inference_cost_HumanEval.png" in markdown
+
+
+def test_report_mixes_baselines_with_scoreflow_epochs(tmp_path: Path) -> None:
+    """A judged dataset's baseline row heads with the judge's rate; ScoreFlow's inference
+    (generate + evaluate at inference) is a point of the same cost table and plot."""
+    from scoreflow.baselines import STAGE, BaselineWorkspace
+    from scoreflow.config import Config
+    from scoreflow.report import PLOTS, write_report
+    from scoreflow.workspace import Workspace
+
+    config = Config()
+    spent = {"executor": {"calls": 20, "total_tokens": 13100, "cost_usd": 0.131}}
+    counts = {"solve_rate": 0.25, "judge_solve_rate": 0.5, "test_problems": 1000, "subset": False,
+              "runs_per_workflow": 3, "runs": 3000}
+    BaselineWorkspace(tmp_path, "MATH", "cot").start(STAGE, config).finish(counts=counts, usage=spent)
+    epoch = Workspace(tmp_path, "MATH", 2)
+    epoch.start("inference_generate", config).finish(usage={"executor": {"total_tokens": 1000, "cost_usd": 0.1}})
+    epoch.start("inference_evaluate", config).finish(
+        counts={**counts, "solve_rate": 0.5, "judge_solve_rate": 0.75},
+        usage={"executor": {"calls": 40, "total_tokens": 30000, "cost_usd": 0.3}})
+    markdown, written = write_report(tmp_path)
+    assert "| **CoT (ours)** | — | — | — | — | — | 50.0 (exact 25.0) | — |" in markdown
+    assert "| MATH | CoT | 50.0 (exact 25.0) | 1000 | 3 | 20 | 13 | 0.00013 | 0.1310 |" in markdown
+    assert "| MATH | untrained generator, epoch 2 | 75.0 (exact 50.0) | 1000 | 3 | 40 | 31 | 0.00040 | 0.4000 |" in markdown
+    assert sorted(p.name for p in written) == sorted(["report.md", *PLOTS, "inference_cost_MATH.png"])
