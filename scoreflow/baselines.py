@@ -2,8 +2,9 @@
 
 The baselines (IO, CoT, CoT-SC, MedPrompt, MultiPersona, Self-Refine; definitions in
 ``docs/baselines.md``) are written in the workflow language and live as text in
-``benchmarks/baselines/``: ``<name>.<family>.workflow`` where a family needs its own
-version, else ``<name>.workflow``. They pass the same checker and run through the same
+``benchmarks/baselines/``: ``<name>.<Dataset>.workflow`` where one dataset has its own
+version (``aflow``), else ``<name>.<family>.workflow`` where a family needs its own, else
+``<name>.workflow``. They pass the same checker and run through the same
 interpreter and operators as generated workflows, so a baseline's row differs from
 ScoreFlow's only in the workflow, never in the executor, scorer, judge or accounting.
 
@@ -26,6 +27,9 @@ from scoreflow.workflow import CheckedWorkflow, WorkflowRejected, check_workflow
 from scoreflow.workspace import Workspace
 
 BASELINE_NAMES: tuple[str, ...] = ("io", "cot", "cot_sc", "medprompt", "multipersona", "self_refine")
+# AFlow's published graphs (MetaGPT's AFlow workspace), for the datasets that publish one; not in ``all``.
+AFLOW = "aflow"
+AFLOW_DATASETS: tuple[str, ...] = ("GSM8K", "MATH")
 BASELINE_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "baselines"
 STAGE = "baseline_inference"
 # Operators a baseline binds beyond its dataset's generator-facing set, per (baseline,
@@ -33,7 +37,7 @@ STAGE = "baseline_inference"
 EXTRA_OPERATORS: dict[tuple[str, str], tuple[str, ...]] = {("self_refine", "code"): ("Review",)}
 # The paper's row label of each baseline (scoreflow.report.PAPER_RESULTS).
 PAPER_LABELS = {"io": "IO", "cot": "CoT", "cot_sc": "CoT SC", "medprompt": "MedPrompt",
-                "multipersona": "MultiPersona", "self_refine": "Self Refine"}
+                "multipersona": "MultiPersona", "self_refine": "Self Refine", AFLOW: "AFlow (published round-2 graph)"}
 
 
 @dataclass(frozen=True)
@@ -63,24 +67,31 @@ def baseline_names(name: str) -> tuple[str, ...]:
     """The baselines ``--baseline NAME`` asks for (``all``: every one, in Table 1's order)."""
     if name == "all":
         return BASELINE_NAMES
-    if name not in BASELINE_NAMES:
-        raise ScoreFlowError(f"--baseline: unknown baseline {name!r} (expected one of: {', '.join(BASELINE_NAMES)}, all)")
+    if name not in (*BASELINE_NAMES, AFLOW):
+        raise ScoreFlowError(
+            f"--baseline: unknown baseline {name!r} (expected one of: {', '.join(BASELINE_NAMES)}, all, {AFLOW})"
+        )
     return (name,)
 
 
-def baseline_path(name: str, family: str) -> Path:
-    """The family's own version of the baseline if it has one, else the shared one."""
-    own = BASELINE_DIR / f"{name}.{family}.workflow"
-    return own if own.is_file() else BASELINE_DIR / f"{name}.workflow"
+def baseline_path(name: str, dataset: str, family: str) -> Path:
+    """The dataset's own version of the baseline if it has one, else its family's, else the shared one."""
+    for candidate in (f"{name}.{dataset}.workflow", f"{name}.{family}.workflow"):
+        if (BASELINE_DIR / candidate).is_file():
+            return BASELINE_DIR / candidate
+    return BASELINE_DIR / f"{name}.workflow"
 
 
 def load_baseline(name: str, benchmark: Benchmark) -> Baseline:
     """The baseline's workflow for ``benchmark``'s family, through the checker with the
     dataset's operators (plus the baseline's declared extras) and the dataset's loop bound."""
     baseline_names(name)
-    path = baseline_path(name, benchmark.family)
+    if name == AFLOW and benchmark.name not in AFLOW_DATASETS:
+        raise ScoreFlowError(f"--baseline: AFlow publishes no workflow for {benchmark.name} that we carry "
+                             f"(only {', '.join(AFLOW_DATASETS)}; docs/baselines.md)")
+    path = baseline_path(name, benchmark.name, benchmark.family)
     if not path.is_file():
-        raise ScoreFlowError(f"{path}: the {name} baseline has no workflow for the {benchmark.family} family")
+        raise ScoreFlowError(f"{path}: the {name} baseline has no workflow for {benchmark.name}")
     source = path.read_text(encoding="utf-8")
     operators = tuple(dict.fromkeys((*benchmark.operators, *EXTRA_OPERATORS.get((name, benchmark.family), ()))))
     try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scoreflow.baselines import BASELINE_NAMES, PAPER_LABELS, STAGE
+from scoreflow.baselines import AFLOW, BASELINE_NAMES, PAPER_LABELS, STAGE
 from scoreflow.config import DATASETS
 from scoreflow.jsonio import read_json
 
@@ -63,7 +63,7 @@ def collect_baselines(workspace: Path) -> list[MethodPoint]:
     """Every finished baseline of every dataset, in Table 1's order."""
     points = []
     for dataset in DATASETS:
-        for name in BASELINE_NAMES:
+        for name in (*BASELINE_NAMES, AFLOW):
             path = workspace / dataset / "baselines" / name / f"{STAGE}.manifest.json"
             manifest = read_json(path) if path.is_file() else None
             if manifest and manifest.get("status") == "complete":

@@ -56,6 +56,18 @@ def test_only_self_refine_on_code_needs_an_operator_beyond_the_dataset() -> None
                     check_workflow(baseline.source, bench.operators, max_range=bench.max_range)
 
 
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_aflow_exists_for_gsm8k_and_math_only(dataset: str) -> None:
+    bench = get_benchmark(dataset)
+    if dataset in ("GSM8K", "MATH"):
+        baseline = load_baseline("aflow", bench)
+        assert baseline.path.name == f"aflow.{dataset}.workflow"
+        assert set(baseline.checked.operators_used.values()) == {"Custom", "ScEnsemble"}
+    else:
+        with pytest.raises(ScoreFlowError, match=f"AFlow publishes no workflow for {dataset}"):
+            load_baseline("aflow", bench)
+
+
 def test_unknown_baseline_is_refused() -> None:
     with pytest.raises(ScoreFlowError, match="unknown baseline 'tot'"):
         load_baseline("tot", get_benchmark("GSM8K"))
@@ -154,6 +166,31 @@ def test_baseline_runs_end_to_end_with_the_expected_requests(name: str, family: 
         assert record["judge_score"] == 1.0 and "judge_solve_rate" in counts
     assert manifest["usage"]["executor"]["calls"] == sent
     assert manifest["epoch"] is None and manifest["stage"] == "baseline_inference"
+
+
+@pytest.mark.parametrize(("dataset", "expected"), [("GSM8K", 4 + 1), ("MATH", 3 + 2)])
+def test_aflow_runs_end_to_end_with_the_expected_requests(dataset: str, expected: int, tmp_path: Path) -> None:
+    """GSM8K: three solutions and the ensemble, then extraction; MATH: a solution, its
+    revision and the ensemble, then extraction and the judge."""
+    if not AFLOW.is_dir():
+        pytest.skip(f"published AFlow splits not found at {AFLOW}")
+    data = tmp_path / "data"
+    prepare(dataset, data)
+    problem = first_test_problem(dataset, data)
+
+    def respond(body: dict) -> Reply:
+        prompt = body["messages"][-1]["content"]
+        if "<solution_letter>" in prompt:
+            return Reply("<thought>Both agree.</thought>\n<solution_letter>A</solution_letter>")
+        return Reply("1" if prompt.startswith("You are grading") else "Step by step ... the answer is 7.")
+
+    with FakeOpenAIServer(respond) as server:
+        manifest = BaselineStage(stage_config(tmp_path / "ws", data, server.url, problem.id), dataset, "aflow").run()
+        assert len(server.requests) == expected
+    (record,) = read_jsonl(tmp_path / "ws" / dataset / "baselines" / "aflow" / "scores.jsonl")
+    assert record["errors"] == [] and sum(c["llm_calls"] for c in record["calls"]) == expected - SCORING_CALLS.get(
+        dataset, 2)
+    assert manifest["counts"]["baseline"]["file"] == f"benchmarks/baselines/aflow.{dataset}.workflow"
 
 
 # ---------------------------------------------------------------- the command line
