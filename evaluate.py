@@ -44,6 +44,7 @@ def baselines(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.epoch is not None:
         parser.error("--baseline: a baseline has no epoch; drop --epoch")
     from scoreflow.baselines import BaselineStage, baseline_names, finished
+    from scoreflow.evaluation import summary_line
 
     names = baseline_names(args.baseline)
     config = config_from_args(args)
@@ -51,8 +52,6 @@ def baselines(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.skip_finished and finished(config, args.dataset, name):
             print(f"{args.dataset} baseline {name}: already finished; skipped")
             continue
-        from scoreflow.evaluation import summary_line
-
         manifest = BaselineStage(config, args.dataset, name).run(force=args.force)
         print(f"{args.dataset} baseline {name}: {summary_line(manifest)}")
     return 0

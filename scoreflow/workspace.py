@@ -11,6 +11,9 @@ Layout of ``<workspace>/<dataset>/epoch_<i>/``::
     <stage>.manifest.json      status, config snapshot, code version, times, counts, usage
     cache.sqlite               executor reply cache (written by the executor layer)
 
+A Table-1 baseline (``scoreflow/baselines.py``) has ``<workspace>/<dataset>/baselines/<name>/``
+instead, with ``scores.jsonl``, ``cache.sqlite`` and ``baseline_inference.manifest.json``.
+
 A manifest says ``running`` while a stage works and ``complete`` when it is done.
 A running stage that was interrupted resumes from its records; a complete one is
 only redone with ``force``, which first removes its outputs.
