@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_stage_parser(__doc__.splitlines()[0], epoch_required=False)
     parser.add_argument("--baseline", default=None, metavar="NAME",
                         help="score a Table-1 baseline's fixed workflow instead (io, cot, cot_sc, medprompt, "
-                             "multipersona, self_refine, or all); --task inference, no --epoch")
+                             "multipersona, self_refine, all; aflow for GSM8K and MATH); --task inference, no --epoch")
     args = parser.parse_args(argv)
     if args.baseline is not None:
         return baselines(parser, args)
