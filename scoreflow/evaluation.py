@@ -133,8 +133,9 @@ class EvaluateStage:
             if not w["valid"]:
                 continue
             try:
-                checked[(w["problem_id"], w["sample"])] = check_workflow(w["workflow"], bench.operators,
-                                                                         max_range=bench.max_range)
+                checked[(w["problem_id"], w["sample"])] = check_workflow(
+                    w["workflow"], bench.operators, max_range=bench.max_range,
+                    returns_operator_output=bench.family == "code")
             except WorkflowRejected as exc:
                 raise ScoreFlowError(
                     f"{self.workspace.path(self.workflows_file)}: problem {w['problem_id']!r} sample {w['sample']}: "
@@ -287,7 +288,7 @@ class EvaluateStage:
         data = build_preferences(
             scored,
             TemplateFilter.from_template(bench.template_workflow, bench.operators, bench.similarity_threshold,
-                                         max_range=bench.max_range),
+                                         max_range=bench.max_range, returns_operator_output=bench.family == "code"),
             n=bench.settings.n_pairs,
             alpha=self.config.preference.alpha,
             seed=self.config.preference.seed,

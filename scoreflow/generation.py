@@ -78,7 +78,8 @@ class WorkflowValidator:
         self.sandbox = sandbox
         self.config = config
         self.template_body = check_workflow(benchmark.template_workflow, benchmark.operators,
-                                            max_range=benchmark.max_range).body_source
+                                            max_range=benchmark.max_range,
+                                            returns_operator_output=benchmark.family == "code").body_source
         self.admission = asyncio.Semaphore(runs_admitted(config))
 
     async def check(self, text: str) -> Verdict:
@@ -89,7 +90,8 @@ class WorkflowValidator:
         if banned:
             return Verdict(graph, f"banned: contains {banned[0]!r}")
         try:
-            checked = check_workflow(graph, self.benchmark.operators, max_range=self.benchmark.max_range)
+            checked = check_workflow(graph, self.benchmark.operators, max_range=self.benchmark.max_range,
+                                     returns_operator_output=self.benchmark.family == "code")
         except WorkflowRejected as exc:
             return Verdict(graph, f"rejected: {exc.reason}")
         similarity = body_similarity(checked.body_source, self.template_body)

@@ -121,19 +121,22 @@ class TemplateFilter:
     operators: tuple[str, ...]
     threshold: float
     max_range: int = 3  # the dataset's loop bound (``workflow.max_range_for``)
+    returns_operator_output: bool = False  # code datasets: the checker's rule (a) (``check_workflow``)
 
     @classmethod
     def from_template(cls, template_workflow: str, operators: Sequence[str], threshold: float, *,
-                      max_range: int = 3) -> TemplateFilter:
+                      max_range: int = 3, returns_operator_output: bool = False) -> TemplateFilter:
         """Build from the benchmark's template workflow, operator allow-list and loop bound."""
-        body = check_workflow(template_workflow, operators, max_range=max_range).body_source
-        return cls(body, tuple(operators), threshold, max_range)
+        body = check_workflow(template_workflow, operators, max_range=max_range,
+                              returns_operator_output=returns_operator_output).body_source
+        return cls(body, tuple(operators), threshold, max_range, returns_operator_output)
 
     def similarity(self, workflow: str) -> float | None:
         """Ratio of the workflow's body to the template's; None when the checker rejects it."""
         graph = extract_graph(workflow)
         try:
-            checked = check_workflow(workflow if graph is None else graph, self.operators, max_range=self.max_range)
+            checked = check_workflow(workflow if graph is None else graph, self.operators, max_range=self.max_range,
+                                     returns_operator_output=self.returns_operator_output)
         except WorkflowRejected:
             return None
         return body_similarity(checked.body_source, self.template_body)

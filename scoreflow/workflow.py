@@ -991,17 +991,23 @@ def max_range_for(family: str) -> int:
     return DEFAULT_MAX_RANGE if family == "code" else MAX_RANGE_CEILING
 
 
-def check_workflow(source: str, operators: Sequence[str], *, max_range: int = DEFAULT_MAX_RANGE) -> CheckedWorkflow:
+def check_workflow(source: str, operators: Sequence[str], *, max_range: int = DEFAULT_MAX_RANGE,
+                   returns_operator_output: bool = False) -> CheckedWorkflow:
     """Parse and validate a workflow against the language and the benchmark's operators.
 
     ``max_range`` bounds every ``range(N)`` (1 <= N <= max_range <= MAX_RANGE_CEILING): the
     original allows 8 for math and QA (its graph-size rule) and 3 for code.
+    ``returns_operator_output`` (code benchmarks): every value run_workflow can return must
+    be an operator's output (``_OutputFlow``), so no workflow returns constant or hand-built
+    code whatever the problem.
     Raises WorkflowRejected (with a line and a reason) for anything outside the language.
     """
     tree = _parse(source)
     checker = _Checker(operators, max_range)
     run_node = checker.module(tree)
     checker.unseen_check(tree)
+    if returns_operator_output:
+        _OutputFlow(run_node, checker.bound).check()
     return CheckedWorkflow(
         source=source,
         operators_used=dict(checker.bound),
@@ -1009,6 +1015,164 @@ def check_workflow(source: str, operators: Sequence[str], *, max_range: int = DE
         _body=tuple(run_node.body),
     )
 
+
+
+# ------------------------------------------------------------------ code workflows return operator output
+
+# Operators that may return (a part of) what they were given: what they are given must be
+# an operator's output too. The others' results are written by the executor.
+PASS_THROUGH_ARGUMENTS: dict[str, str] = {"Test": "solution", "ScEnsemble": "solutions"}
+_TRIMMING_METHODS = frozenset({"strip", "lstrip", "rstrip", "lower", "upper"})  # add nothing to the text
+
+
+class _OutputFlow:
+    """Which names of an accepted run_workflow surely hold an operator's output (or a list of
+    them), as a greatest fixed point over every assignment, append and loop target; then
+    every ``return`` (and every argument an operator passes through) must be such a value.
+
+    Why: a code workflow returning a constant program would score on every problem without
+    an executor call; with this rule the code scored is always the executor's."""
+
+    def __init__(self, run_node: ast.AsyncFunctionDef, bound: dict[str, str]) -> None:
+        self.run_node = run_node
+        self.bound = bound
+        self.assigned: dict[str, list[ast.expr]] = {}
+        self.appended: dict[str, list[ast.expr]] = {}
+        self.poisoned: set[str] = set()  # loop targets, except names, += targets
+        self._collect()
+        self.texts = set(self.assigned) - self.poisoned  # names holding an operator's output
+        self.lists = set(self.assigned) - self.poisoned  # names holding a list of them
+        self._settle()
+
+    def _collect(self) -> None:
+        for node in ast.walk(self.run_node):
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                self.assigned.setdefault(node.targets[0].id, []).append(node.value)
+            elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+                self.poisoned.add(node.target.id)
+            elif isinstance(node, (ast.For, ast.comprehension)) and isinstance(node.target, ast.Name):
+                self.poisoned.add(node.target.id)
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                self.poisoned.add(node.name)
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "append"
+                  and isinstance(node.func.value, ast.Name)):
+                self.appended.setdefault(node.func.value.id, []).extend(node.args)
+
+    def _settle(self) -> None:
+        changed = True
+        while changed:
+            texts = {n for n in self.texts if all(self.is_output(v) for v in self.assigned[n])}
+            lists = {n for n in self.lists if all(self.is_output_list(v) for v in self.assigned[n])
+                     and all(self.is_output(v) for v in self.appended.get(n, ()))}
+            changed = (texts, lists) != (self.texts, self.lists)
+            self.texts, self.lists = texts, lists
+
+    # -------------------------------------------------------------- values
+
+    def is_output(self, node: ast.expr) -> bool:
+        """An operator's output: a call's result, a name or list item holding one, the longest
+        or shortest of such a list, or one trimmed (strip, lower, ...)."""
+        if isinstance(node, ast.Await):
+            return self.is_operator_call(node.value)
+        if isinstance(node, ast.Name):
+            return node.id in self.texts
+        if isinstance(node, ast.Subscript):
+            return isinstance(node.value, ast.Name) and node.value.id in self.lists
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("max", "min"):
+            return len(node.args) == 1 and self.is_output_list(node.args[0])
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            return node.func.attr in _TRIMMING_METHODS and self.is_output(node.func.value)
+        return False
+
+    def is_output_list(self, node: ast.expr) -> bool:
+        if isinstance(node, ast.Await) and _is_gather(node.value):
+            return all(self.is_operator_call(call) for call in self.gathered(node.value))
+        if isinstance(node, ast.Name):
+            return node.id in self.lists
+        if isinstance(node, ast.List):
+            return all(self.is_output(element) for element in node.elts)
+        if isinstance(node, ast.ListComp):
+            return self.is_output(node.elt)
+        if isinstance(node, ast.Call) and _is_name(node.func, "sorted"):
+            return len(node.args) == 1 and self.is_output_list(node.args[0])
+        return False
+
+    @staticmethod
+    def gathered(gather: ast.Call) -> list[ast.expr]:
+        if len(gather.args) == 1 and isinstance(gather.args[0], ast.Starred):
+            inner = gather.args[0].value
+            return [inner.elt] if isinstance(inner, ast.ListComp) else list(inner.elts)
+        return list(gather.args)
+
+    def is_operator_call(self, call: ast.expr) -> bool:
+        """``self.<operator>(...)`` whose result is the executor's (see ``passed_through``)."""
+        return (isinstance(call, ast.Call) and _is_self_attr(call.func) and call.func.attr in self.bound
+                and self.passed_through(call) is None)
+
+    def passed_through(self, call: ast.Call) -> ast.expr | None:
+        """The argument of a pass-through operator that is not an operator's output (the call
+        itself when it is missing); None when the call's result is an operator's output."""
+        name = self.bound.get(getattr(call.func, "attr", ""))
+        keyword = PASS_THROUGH_ARGUMENTS.get(name or "")
+        if keyword is None:
+            return None
+        values = [k.value for k in call.keywords if k.arg == keyword] + call.args[:1]
+        if not values:
+            return call
+        check = self.is_output_list if keyword == "solutions" else self.is_output
+        return None if check(values[0]) else values[0]
+
+    # -------------------------------------------------------------- the rule
+
+    def check(self) -> None:
+        if not _always_returns(self.run_node.body):
+            raise WorkflowRejected("a code workflow must end by returning an operator's output "
+                                   "(run_workflow can end without a return)", _line(self.run_node))
+        for node in ast.walk(self.run_node):
+            if isinstance(node, ast.Return) and (node.value is None or not self.is_output(node.value)):
+                raise self._rejected(node, node.value)
+
+    def _rejected(self, node: ast.Return, value: ast.expr | None) -> WorkflowRejected:
+        if isinstance(value, ast.Await) and isinstance(value.value, ast.Call):
+            argument = self.passed_through(value.value)
+            if argument is not None:
+                operator = self.bound.get(getattr(value.value.func, "attr", ""), "?")
+                given = "nothing" if argument is value.value else _describe_value(argument)
+                return WorkflowRejected(f"a code workflow must return an operator's output: {operator} may return "
+                                        f"its {PASS_THROUGH_ARGUMENTS[operator]}, which is {given}", _line(node))
+        return WorkflowRejected(f"a code workflow must return an operator's output, not {_describe_value(value)}",
+                                _line(node))
+
+
+def _describe_value(node: ast.expr | None) -> str:
+    if node is None:
+        return "None"
+    if isinstance(node, ast.Constant):
+        return "a constant"
+    if isinstance(node, ast.JoinedStr):
+        return "an f-string"
+    if isinstance(node, ast.BinOp):
+        return "a value computed with " + _OP_SYMBOLS.get(type(node.op), "an operator")
+    if isinstance(node, ast.Name):
+        return f"{node.id!r}, which may hold something other than an operator's output"
+    if isinstance(node, ast.Subscript):
+        return f"{ast.unparse(node)[:60]}, an item of a list that may hold something else"
+    return f"the value of {ast.unparse(node)[:60]}"
+
+
+def _always_returns(stmts: list[ast.stmt]) -> bool:
+    """Whether a block surely ends in a return (for loops run at least once)."""
+    for stmt in stmts:
+        if isinstance(stmt, ast.Return):
+            return True
+        if isinstance(stmt, ast.If) and _always_returns(stmt.body) and _always_returns(stmt.orelse):
+            return True
+        if isinstance(stmt, ast.For) and _always_returns(stmt.body):
+            return True
+        if isinstance(stmt, ast.Try) and _always_returns(stmt.body) and all(
+                _always_returns(h.body) for h in stmt.handlers):
+            return True
+    return False
 
 
 # ------------------------------------------------------------------ interpretation
