@@ -1077,7 +1077,7 @@ class _OutputFlow:
         if isinstance(node, ast.Name):
             return node.id in self.texts
         if isinstance(node, ast.Subscript):
-            return isinstance(node.value, ast.Name) and node.value.id in self.lists
+            return self.is_output_list(node.value)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("max", "min"):
             return len(node.args) == 1 and self.is_output_list(node.args[0])
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):

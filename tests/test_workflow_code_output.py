@@ -62,6 +62,7 @@ ACCEPTED = {
     "trimmed": "solution = GENERATE\nreturn solution.strip()",
     "review of a joined text": "a = GENERATE\nb = GENERATE\nreviewed = await self.review(pre_solution=a + b)\n"
                                "return reviewed",
+    "an item of a list display": "a = GENERATE\nb = GENERATE\nreturn [a, b][1]",
     "list of outputs to the ensemble": "a = GENERATE\nb = GENERATE\nreturn await self.sc_ensemble(solutions=[a, b])",
 }
 
