@@ -97,6 +97,7 @@ SETUP_FAILED = 125  # child exit code when confinement could not be established
 LOW_FDS = 16  # kept occupied so that received descriptors never land where a child rewires
 CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGKILL)
 REMOVE_BUDGET = 4000  # entries removed per loop turn from weak-mode scratch leftovers
+REMOVE_SLICE_S = 0.02  # and at most this long (an rmdir can cost milliseconds on a journalled disk)
 
 # What each role's descriptors become in the child: (name, fd) in order.
 LAYOUTS = {
@@ -629,8 +630,12 @@ class Zygote:
 
     def _remove_some_trash(self) -> None:
         budget = REMOVE_BUDGET
+        started = time.monotonic()
         while self.trash and budget > 0:
-            budget = self.trash[0].step(budget)
+            left = REMOVE_SLICE_S - (time.monotonic() - started)
+            if left <= 0:
+                break
+            budget = self.trash[0].step(budget, left)
             if self.trash[0].done:
                 self.trash.popleft()
 
@@ -850,10 +855,16 @@ class TreeRemover:
         self.here: int | None = None
         self.names: list[str] = []
         self.done = self.top is None
+        self.deadline: float | None = None
 
-    def step(self, budget: int) -> int:
-        """Remove up to ``budget`` entries; the budget left (``done`` says if finished)."""
-        while not self.done and budget > 0:
+    def _late(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def step(self, budget: int, seconds: float | None = None) -> int:
+        """Remove up to ``budget`` entries, for at most about ``seconds``; the budget left
+        (``done`` says if finished)."""
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+        while not self.done and budget > 0 and not self._late():
             budget -= 1
             if self.here is None and not self._enter_top():
                 continue
@@ -880,7 +891,7 @@ class TreeRemover:
         subdir = None
         with os.scandir(self.here) as entries:
             for entry in entries:
-                if budget <= 0:
+                if budget <= 0 or (budget % 256 == 0 and self._late()):
                     return False, None, budget
                 budget -= 1
                 if entry.is_dir(follow_symlinks=False):
