@@ -1,7 +1,7 @@
 """The code sandbox: ordinary programs, limits, and the API around it.
 
 Hostile programs are in ``test_sandbox_hostile.py``, forged verdicts in
-``test_sandbox_forging.py``, the weak mode in ``test_sandbox_weak.py``. Every test here
+``test_sandbox_forging.py`` (the hostile ones also in the weak mode). Every test here
 runs the same as root and as an unprivileged user (CI runs the sandbox suites both ways).
 """
 
