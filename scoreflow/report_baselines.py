@@ -151,6 +151,9 @@ def plot_inference_cost(plt: Any, dataset: str, points: list[MethodPoint]) -> An
     if unpriced:
         axis.text(0.5, 0.04, "unpriced (not shown): " + ", ".join(unpriced), ha="center", transform=axis.transAxes,
                   fontsize=7)
+    if mine and all(p.usd_per_problem == 0 for p in mine):
+        axis.text(0.5, 0.5, "every measured method cost 0 USD (a local executor): compare tokens per problem",
+                  ha="center", transform=axis.transAxes, fontsize=8)
     kind = "judged " if any(p.judged_headline for p in mine) else ""
     axis.set_xlabel("executor USD per test problem (all its runs)")
     axis.set_ylabel(f"{kind}test solve rate (%)")
