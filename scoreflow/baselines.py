@@ -84,7 +84,8 @@ def baseline_path(name: str, dataset: str, family: str) -> Path:
 
 def load_baseline(name: str, benchmark: Benchmark) -> Baseline:
     """The baseline's workflow for ``benchmark``'s family, through the checker with the
-    dataset's operators (plus the baseline's declared extras) and the dataset's loop bound."""
+    dataset's operators (plus the baseline's declared extras), the dataset's loop bound and,
+    for code, the rule that only an operator's output is returned: as the evaluate stage checks."""
     baseline_names(name)
     if name == AFLOW and benchmark.name not in AFLOW_DATASETS:
         raise ScoreFlowError(f"--baseline: AFlow publishes no workflow for {benchmark.name} that we carry "
@@ -95,7 +96,8 @@ def load_baseline(name: str, benchmark: Benchmark) -> Baseline:
     source = path.read_text(encoding="utf-8")
     operators = tuple(dict.fromkeys((*benchmark.operators, *EXTRA_OPERATORS.get((name, benchmark.family), ()))))
     try:
-        checked = check_workflow(source, operators, max_range=benchmark.max_range)
+        checked = check_workflow(source, operators, max_range=benchmark.max_range,
+                                 returns_operator_output=benchmark.family == "code")  # the evaluate stage's rule
     except WorkflowRejected as exc:
         raise ScoreFlowError(f"{path}: the {name} baseline does not pass the checker for {benchmark.name} ({exc})") from None
     return Baseline(name, benchmark.family, path, source, operators, checked)
