@@ -38,6 +38,7 @@ MAX_RECORD = 8192
 SETUP_FAILED = 125
 CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGKILL)
 _STRICT_REFUSED: dict[str, str] = {}  # why strict isolation failed in this process, once known
+ISOLATIONS_STARTED: set[str] = set()  # the isolation of every server this process started (for manifests)
 
 
 @dataclass
@@ -232,6 +233,7 @@ class Supervisor:
             self._startup_failed(isolation, str(exc))
             return
         self.server = server
+        ISOLATIONS_STARTED.add(isolation)
         self.selector.register(server.control, selectors.EVENT_READ, ("control", server))
         self.selector.register(server.process.stderr, selectors.EVENT_READ, ("stderr", server))
 

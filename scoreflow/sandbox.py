@@ -197,3 +197,11 @@ def _close_supervisor(supervisor: host.Supervisor) -> None:
         future.result(timeout=30)
     except concurrent.futures.TimeoutError:
         pass
+
+
+def isolations_used() -> list[str]:
+    """The isolation ("strict"/"weak") of every sandbox server this process has started, so
+    that each stage manifest names the mode its code actually ran under."""
+    from scoreflow._sandbox_host import ISOLATIONS_STARTED
+
+    return sorted(ISOLATIONS_STARTED)

@@ -263,7 +263,16 @@ class StageRun:
         return self.manifest["sessions"]
 
     def _write(self) -> None:
+        self._note_isolation()
         atomic_write_json(self.workspace.manifest_path(self.spec.name), self.manifest)
+
+    def _note_isolation(self) -> None:
+        """Name the sandbox isolation this session's code ran under (none: no code ran)."""
+        from scoreflow.sandbox import isolations_used
+
+        used = isolations_used()
+        if used:
+            self._session["sandbox_isolation"] = used[0] if len(used) == 1 else used
 
     def finish(
         self,
@@ -283,6 +292,7 @@ class StageRun:
             usage=usage or {},
             **extra,
         )
+        self._note_isolation()
         atomic_write_json(self.workspace.manifest_path(self.spec.name), self.manifest)
         return self.manifest
 

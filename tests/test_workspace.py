@@ -190,3 +190,24 @@ def test_a_key_added_by_a_newer_version_reads_as_its_default(tmp_path):
     assert ws.finished_with("generate", Config())
     with pytest.raises(ScoreFlowError, match="training.gradient_checkpointing changed"):
         ws.finished_with("generate", load_config(None, ["training.gradient_checkpointing=false"]))
+
+
+def test_manifest_names_the_sandbox_isolation_code_ran_under(tmp_path):
+    """Each session in a manifest names the isolation its sandboxed code ran under (issue 15:
+    a weaker mode is named in every manifest); a session that ran no code names none."""
+    script = textwrap.dedent(f"""
+        from scoreflow.config import Config
+        from scoreflow.sandbox import Sandbox, SandboxSettings
+        from scoreflow.workspace import Workspace
+        ws = Workspace({str(tmp_path)!r}, "HumanEval", 0)
+        run = ws.start("generate", Config())
+        assert "sandbox_isolation" not in ws.manifest("generate")["sessions"][0]
+        with Sandbox(SandboxSettings(workers=1)) as box:
+            result = box.run_sync("print(1)", time_limit_s=10)
+            assert result.status == "pass", result
+            expected = box.server_info()["isolation"]
+        run.finish()
+        assert ws.manifest("generate")["sessions"][0]["sandbox_isolation"] == expected == "strict"
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
