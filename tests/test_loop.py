@@ -51,6 +51,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.timeout(2400)  # the whole loop on 2 cores takes 10-15 min (the suite's default is 600 s)
 def test_loop_trains_infers_reports_and_resumes(tmp_path, data_dir):
     workspace = tmp_path / "ws"
     done = loop(workspace, data_dir)
