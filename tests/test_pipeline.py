@@ -32,6 +32,7 @@ def script(name: str, workspace: Path, data_dir: Path, *args: str) -> subprocess
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
 
 
+@pytest.mark.timeout(1800)  # two stages of a 135M model on 2 cores: 8-12 min (the suite's default is 600 s)
 def test_generate_then_evaluate_with_the_local_executor(tmp_path, data_dir):
     generated = script("generate.py", tmp_path, data_dir, "--epoch", "0")
     assert generated.returncode == 0, generated.stderr[-2000:]

@@ -166,9 +166,12 @@ def cpu_sampler(base, grammar: bool, **generation) -> TransformersSampler:
                                grammar=workflow_grammar(HUMANEVAL.operators) if grammar else None)
 
 
+GRAMMAR_TOKENS = 384  # as config/tiny.yaml: the original's class header alone is ~150 tokens
+
+
 @pytest.mark.slow
 def test_transformers_sampler_with_grammar_gives_valid_workflows(base) -> None:
-    sampler = cpu_sampler(base, grammar=True)
+    sampler = cpu_sampler(base, grammar=True, max_new_tokens=GRAMMAR_TOKENS)
     requests = [SampleRequest(sampler.format_prompt(messages(p)), n=2) for p in PROBLEMS]
     samples = sampler.sample(requests)
     assert [len(group) for group in samples] == [2, 2]
@@ -176,7 +179,7 @@ def test_transformers_sampler_with_grammar_gives_valid_workflows(base) -> None:
         prompt_tokens = len(sampler.tokenizer(request.prompt, add_special_tokens=False)["input_ids"])
         for sample in group:
             assert sample.text.startswith("<graph>\n") and "</graph>" not in sample.text
-            assert sample.prompt_tokens == prompt_tokens and 0 < sample.completion_tokens <= 200
+            assert sample.prompt_tokens == prompt_tokens and 0 < sample.completion_tokens <= GRAMMAR_TOKENS
     print(f"grammar: valid {valid_count(samples)}/4, {sampler.stats.tokens_per_second:.1f} tok/s")
     assert valid_count(samples) == 4
 
