@@ -65,6 +65,7 @@ class Benchmark(ABC):
     id_field: ClassVar[str]  # the record field that names a problem ("" for a content hash)
     split_sizes: ClassVar[dict[str, int]]  # published record counts
     operators: ClassVar[tuple[str, ...]]
+    template_bindings: ClassVar[tuple[tuple[str, str], ...]]  # (attribute, operator) as the template's __init__ binds them
     template_workflow: ClassVar[str]
     banned_substrings: ClassVar[tuple[str, ...]] = BANNED_EVERYWHERE
     public_test_key: ClassVar[str] = ""  # public-test file field that names the problem
@@ -210,7 +211,7 @@ class Benchmark(ABC):
     def binding_order(self) -> tuple[str, ...]:
         """The operators in the order the template's ``__init__`` binds them (the original's),
         then any the config adds; grammar-constrained decoding binds in this order."""
-        bound = tuple(dict.fromkeys(re.findall(r"= operator\.(\w+)\(", self.template_workflow)))
+        bound = tuple(name for _, name in self.template_bindings)
         return (*bound, *(name for name in self.operators if name not in bound))
 
     @property

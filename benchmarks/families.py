@@ -72,8 +72,9 @@ class CodeBenchmark(Benchmark):
 
     family = "code"
     operators = ("CustomCodeGenerate", "ScEnsemble", "Test")  # the original's; Review: datasets.<D>.extra_operators
+    template_bindings = (("code_generate", "CustomCodeGenerate"), ("sc_ensemble", "ScEnsemble"), ("test", "Test"))
     template_workflow = template(
-        (("code_generate", "CustomCodeGenerate"), ("sc_ensemble", "ScEnsemble"), ("test", "Test")),
+        template_bindings,
         'code_generate(instruction="Think through the task step by step, then write the code.")',
     )
     public_test_key = "entry_point"
@@ -204,8 +205,10 @@ class MathBenchmark(Benchmark):
 
     family = "math"
     operators = ("Custom", "Programmer", "ScEnsemble", "Review")
+    template_bindings = (("custom", "Custom"), ("sc_ensemble", "ScEnsemble"), ("programmer", "Programmer"),
+                         ("review", "Review"))
     template_workflow = template(
-        (("custom", "Custom"), ("sc_ensemble", "ScEnsemble"), ("programmer", "Programmer"), ("review", "Review")),
+        template_bindings,
         'custom(instruction="Solve the problem by breaking it into detailed steps and explaining the reasoning '
         'of each step.")',
     )
@@ -239,9 +242,10 @@ class QABenchmark(Benchmark):
     source_label: ClassVar[str]  # what the question is about: "passage" (DROP) or "context"
     reference_label: ClassVar[str] = "Reference answer"
     operators = ("Custom", "AnswerGenerate", "ScEnsemble", "Review")
+    template_bindings = (("custom", "Custom"), ("sc_ensemble", "ScEnsemble"), ("answer_generate", "AnswerGenerate"),
+                         ("review", "Review"))
     template_workflow = template(
-        (("custom", "Custom"), ("sc_ensemble", "ScEnsemble"), ("answer_generate", "AnswerGenerate"),
-         ("review", "Review")),
+        template_bindings,
         "answer_generate()",
     )
 
