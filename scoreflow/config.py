@@ -239,15 +239,18 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file, then ``dotted.key=value`` overrides, validated."""
-    tree = to_dict(Config())
+def load_config(path: str | os.PathLike[str] | None = None, overrides: typing.Sequence[str] = (),
+                *, root: type = Config) -> Any:
+    """Defaults, then the YAML file, then ``dotted.key=value`` overrides, validated.
+
+    ``root`` is the top-level dataclass: ScoreFlow's ``Config`` or FTTT's ``FtttConfig``."""
+    tree = to_dict(root())
     if path is not None:
         _merge(tree, _read_yaml(Path(path)), source=str(path), prefix="")
     for item in overrides:
         key, value = _parse_override(item)
         _merge(tree, _nest(key, value), source=f"--set {item}", prefix="")
-    return _build(Config, tree, source=str(path) if path else "config", prefix="")
+    return _build(root, tree, source=str(path) if path else "config", prefix="")
 
 
 def to_dict(config: Any) -> Any:

@@ -54,6 +54,10 @@ RESUMABLE_CHANGES = (
     "generator.batch_size",
     "generator.gpu_memory_utilization",
     "generator.tensor_parallel_size",
+    # FTTT (fttt/workspace.py): where the code judge is reached, not what it decides
+    "judge.url",
+    "judge.attempts",
+    "judge.request_timeout_s",
 )
 
 
@@ -106,6 +110,8 @@ STAGES: dict[str, StageSpec] = {
 class Workspace:
     """The folder of one dataset and epoch."""
 
+    config_class: type = Config  # the root config its manifests snapshot (FTTT's run folders: FtttConfig)
+
     def __init__(self, root: str | Path, dataset: str, epoch: int) -> None:
         if epoch < 0:
             raise ScoreFlowError(f"--epoch: expected an integer >= 0 (got {epoch})")
@@ -145,7 +151,7 @@ class Workspace:
         manifest = self.manifest(stage)
         if manifest is None or manifest.get("status") != "complete":
             return False
-        changed = _meaningful_changes(manifest.get("config", {}), to_dict(config))
+        changed = _meaningful_changes(manifest.get("config", {}), to_dict(config), self.config_class)
         if changed:
             raise ScoreFlowError(
                 f"{self.manifest_path(stage)}: the {stage} stage finished with a different config "
@@ -183,7 +189,7 @@ class Workspace:
             )
         else:
             if self._has_records(spec):  # nothing recorded yet: any setting may still change
-                _check_resumable(manifest.get("config", {}), snapshot, self.manifest_path(stage))
+                _check_resumable(manifest.get("config", {}), snapshot, self.manifest_path(stage), self.config_class)
             manifest["resumed_at"] = [*manifest.get("resumed_at", []), _now()]
             manifest["config"] = snapshot
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -335,8 +341,8 @@ def _new_manifest(spec: StageSpec, workspace: Workspace, snapshot: dict[str, Any
     }
 
 
-def _check_resumable(old: dict[str, Any], new: dict[str, Any], manifest: Path) -> None:
-    changed = _meaningful_changes(old, new)
+def _check_resumable(old: dict[str, Any], new: dict[str, Any], manifest: Path, root: type = Config) -> None:
+    changed = _meaningful_changes(old, new, root)
     if changed:
         raise ScoreFlowError(
             f"{manifest}: the unfinished stage was started with a different config "
@@ -344,10 +350,10 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], manifest: Path) -
         )
 
 
-def _meaningful_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def _meaningful_changes(old: dict[str, Any], new: dict[str, Any], root: type = Config) -> list[str]:
     """Config keys that differ, except speed knobs. A key a newer code version added is
     read at its default in an older snapshot, so upgrading does not orphan a workspace."""
-    return [k for k in _diff(_with_defaults(old, to_dict(Config())), new, "") if not k.startswith(RESUMABLE_CHANGES)]
+    return [k for k in _diff(_with_defaults(old, to_dict(root())), new, "") if not k.startswith(RESUMABLE_CHANGES)]
 
 
 def _with_defaults(snapshot: Any, defaults: Any) -> Any:

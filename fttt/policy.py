@@ -1,0 +1,170 @@
+"""The solver model: loading, one-at-a-time sampling with its cache, and beam search.
+
+The original generates with batch size 1 and ``num_return_sequences`` 1 (FTTT_SPEC 2),
+reseeding per question, so a question's attempts are a fixed function of the seed;
+this wrapper keeps that (a batch would change the random stream). ``generate`` can
+hand back the ``DynamicCache`` that ``model.generate`` built: it covers the input and
+every sampled token but the last, which is what FTTT's training step continues from.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fttt.config import FtttConfig, SamplingSettings
+from scoreflow.errors import ScoreFlowError
+
+
+@dataclass
+class Generation:
+    """One sampled continuation."""
+
+    ids: list[int]  # the new tokens (the final end-of-turn included when one was sampled)
+    text: str  # decoded, special tokens kept or dropped as the method asked
+    finished: bool  # ended with an EOS id (False: cut at max_new_tokens)
+    seconds: float
+    cache: Any = None  # DynamicCache over input + ids[:-1] (keep_cache=True)
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.ids)
+
+
+def load_policy(config: FtttConfig) -> Policy:
+    """The configured model in the configured dtype (explicit: fp32 is the paper's)."""
+    import torch
+
+    from scoreflow.models import default_device, load_causal_lm
+
+    device = default_device() if config.model.device == "auto" else config.model.device
+    try:
+        model, tokenizer = load_causal_lm(config.model.name, config.cache_dir, dtype=config.model.dtype, device=device)
+    except OSError as exc:
+        raise ScoreFlowError(f"model.name {config.model.name!r}: cannot be loaded ({str(exc).splitlines()[0]})") from None
+    torch.set_grad_enabled(False)
+    return Policy(model, tokenizer, config.sampling)
+
+
+def fingerprint(model: Any) -> str:
+    """A short hash of the model's config and a few of its weights: a hard-question filter
+    or a resumed run can tell another model (or another dtype) from this one."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    params = list(model.named_parameters())
+    for name, param in (params[0], params[len(params) // 2], params[-1]):
+        digest.update(name.encode())
+        digest.update(param.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class Policy:
+    """A causal LM with the original's decoding settings."""
+
+    def __init__(self, model: Any, tokenizer: Any, sampling: SamplingSettings) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.sampling = sampling
+        eos = model.generation_config.eos_token_id
+        ids = eos if isinstance(eos, list) else [eos]
+        if tokenizer.eos_token_id is not None:
+            ids = [*ids, tokenizer.eos_token_id]
+        self.eos_ids = frozenset(i for i in ids if i is not None)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids))
+
+    @property
+    def device(self) -> Any:
+        return self.model.device
+
+    def generate(
+        self,
+        input_ids: list[int],
+        *,
+        greedy: bool = False,
+        keep_cache: bool = False,
+        skip_special_tokens: bool = False,
+        max_new_tokens: int | None = None,
+        model: Any = None,
+    ) -> Generation:
+        """One continuation of ``input_ids`` (T = 0 means greedy, as in the original)."""
+        import torch
+
+        start = time.perf_counter()
+        model = model if model is not None else self.model
+        inputs = torch.tensor([input_ids], device=self.device)
+        kwargs = self._decoding(greedy)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=inputs,
+                attention_mask=torch.ones_like(inputs),
+                max_new_tokens=max_new_tokens or self.sampling.max_new_tokens,
+                num_return_sequences=1,
+                return_dict_in_generate=True,
+                use_cache=True,
+                pad_token_id=self.pad_id,
+                **kwargs,
+            )
+        ids = out.sequences[0, len(input_ids):].tolist()
+        ids = _strip_padding(ids, self.eos_ids, self.pad_id)
+        return Generation(
+            ids=ids,
+            text=self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens),
+            finished=bool(ids) and ids[-1] in self.eos_ids,
+            seconds=time.perf_counter() - start,
+            cache=out.past_key_values if keep_cache else None,
+        )
+
+    def beams(self, input_ids: list[int], width: int, *, max_new_tokens: int | None = None) -> tuple[list[Generation], int]:
+        """``width`` beams returned in rank order (deterministic). On a CUDA out-of-memory
+        error the width is halved and the search redone, as the original does; the width
+        that ran is returned (and recorded by the caller). At width 0 it fails."""
+        import torch
+
+        while width >= 1:
+            start = time.perf_counter()
+            inputs = torch.tensor([input_ids], device=self.device)
+            try:
+                with torch.no_grad():
+                    out = self.model.generate(
+                        input_ids=inputs,
+                        attention_mask=torch.ones_like(inputs),
+                        max_new_tokens=max_new_tokens or self.sampling.max_new_tokens,
+                        num_beams=width,
+                        num_return_sequences=width,
+                        do_sample=False,
+                        pad_token_id=self.pad_id,
+                    )
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                width //= 2
+                continue
+            seconds = (time.perf_counter() - start) / width
+            generations = []
+            for row in out:
+                ids = _strip_padding(row[len(input_ids):].tolist(), self.eos_ids, self.pad_id)
+                generations.append(Generation(
+                    ids=ids, text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    finished=bool(ids) and ids[-1] in self.eos_ids, seconds=seconds,
+                ))
+            return generations, width
+        raise ScoreFlowError("beam search ran out of GPU memory even at one beam")
+
+    def _decoding(self, greedy: bool) -> dict[str, Any]:
+        if greedy or self.sampling.temperature == 0:
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        # top_k stays the model's generation default (50 unless its generation_config says
+        # otherwise), as in the original, which sets only temperature and top_p.
+        return {"do_sample": True, "temperature": self.sampling.temperature, "top_p": self.sampling.top_p}
+
+
+def _strip_padding(ids: list[int], eos_ids: frozenset[int], pad_id: int) -> list[int]:
+    """Drop what ``generate`` appends after the first EOS of a row (padding); keep the EOS."""
+    for i, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[: i + 1]
+    while ids and ids[-1] == pad_id and pad_id not in eos_ids:
+        ids = ids[:-1]
+    return ids
