@@ -34,6 +34,9 @@ CRITIQUE = (
 )
 
 
+NOT_JUDGED = object()
+
+
 @dataclass
 class Context:
     """What a method needs for one run: config, task, model, verifier and the record sink."""
@@ -71,11 +74,14 @@ class Context:
     def attempt(
         self, question: Question, counter: Counter, generation: Generation, *, kind: str = "attempt",
         check: bool = True, counted: bool | None = None, counted_strict: bool = True, reason: str | None = None,
-        loss: float | None = None, extra: dict[str, Any] | None = None,
+        loss: float | None = None, extra: dict[str, Any] | None = None, verdict: Any = NOT_JUDGED,
     ) -> Attempt:
         """Check (unless ``check`` is False), record and count one generation.
-        ``counted`` None: counted under the paper's policy (the baselines count all)."""
-        verdict = self.verdict(question, generation.text) if check else None
+        ``counted`` None: counted under the paper's policy (the baselines count all).
+        ``verdict``: already judged (FTTT needs it before its training step, whose loss the
+        record carries; judging code twice would run it twice)."""
+        if verdict is NOT_JUDGED:
+            verdict = self.verdict(question, generation.text) if check else None
         attempt = Attempt(
             question_id=question.id, index=counter.generations, kind=kind,  # type: ignore[arg-type]
             counted=True if counted is None else counted, counted_strict=counted_strict, reason=reason,

@@ -20,11 +20,22 @@ Measured, one ``name: value`` line each (printed as soon as known):
   in-memory model with a fresh LoRA attached, as ``PeftModel``) drawing k = 8 samples of one
   ~1,000-token prompt at the configured temperature/top-p, after a short warm-up call.
 
+* ``fttt_*``: one FTTT test-time-training step (``fttt.ttt.Trainer``: the LoRA r 4 on q/v, AdamW)
+  after a ``fttt_attempt_tokens`` = 2,048-token attempt, bf16. ``fttt_step_cached_s`` forwards only
+  the 12 feedback tokens over the attempt's KV cache (what FTTT does; the cache comes from a
+  no-grad prefill standing in for ``generate``'s, timed as ``fttt_prefill_s``), so without the
+  cache one step costs ``fttt_prefill_s + fttt_step_cached_s``; ``fttt_step_full_s`` is a full
+  forward/backward over prompt + attempt + feedback (gradient through every position).
+  ``fttt_plus_step_cached_s`` is FTTT+'s step on the feedback plus a 512-token reflection.
+  Peaks are per variant; ``fttt_loss_abs_diff`` checks the cached loss against the full one.
+  The section has its own deadline (``--fttt-budget-s``).
+
 ``--tiny`` runs the same code on a 2-layer Llama (hidden 64) with ~64-token pairs; on CPU
 (``--device cpu``, fp32) peak memory is the process's max RSS. The run stops timing steps
 early rather than pass ``--budget-s`` (it must finish well inside 8 minutes).
 
-Usage: python perf/gpu_check.py [--tiny] [--device cpu|cuda] [--budget-s 420]
+Usage: python perf/gpu_check.py [--tiny] [--device cpu|cuda] [--budget-s 420] [--fttt-budget-s 75]
+                            [--sections score_dpo,sampler,fttt]
 """
 
 from __future__ import annotations
@@ -46,6 +57,8 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+SECTIONS = ("score_dpo", "sampler", "fttt")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="default: cuda (with --tiny: cuda if present, else cpu)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop timing steps early past this")
+    parser.add_argument("--fttt-budget-s", type=float, default=75.0,
+                        help="the FTTT section's own deadline, from its start (it stops timing steps past it)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     return parser.parse_args(argv)
 
 
@@ -77,6 +94,9 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers  # noqa: E402
 from tokenizers import models as tokenizer_models  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast  # noqa: E402
 
+from fttt import ttt  # noqa: E402
+from fttt.config import SamplingSettings, TTTSettings  # noqa: E402
+from fttt.policy import Policy  # noqa: E402
 from perf.train_bench import batches, timed_step  # noqa: E402
 from scoreflow.config import Config, load_config  # noqa: E402
 from scoreflow.sampling import SampleRequest, TransformersSampler  # noqa: E402
@@ -107,6 +127,10 @@ class Shape:
     timed_steps: int
     new_tokens: int  # per sample in the timed sampler call
     warmup_new_tokens: int
+    fttt_prompt_tokens: int = 256  # FTTT: the question's prompt
+    fttt_attempt_tokens: int = 2048  # the failed attempt the step continues from
+    fttt_reflection_tokens: int = 512  # FTTT+: the reflection inside the training turn
+    fttt_timed_steps: int = 3
 
 
 LLAMA_8B = Shape("llama-3.1-8b", layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=128256,
@@ -114,7 +138,8 @@ LLAMA_8B = Shape("llama-3.1-8b", layers=32, hidden=4096, intermediate=14336, hea
                  new_tokens=256, warmup_new_tokens=16)
 TINY = Shape("tiny", layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=4096,
              prompt_words=41, chosen_words=20, rejected_words=14, warmup_steps=1, timed_steps=3,
-             new_tokens=16, warmup_new_tokens=4)
+             new_tokens=16, warmup_new_tokens=4, fttt_prompt_tokens=16, fttt_attempt_tokens=64,
+             fttt_reflection_tokens=16)
 
 # ------------------------------------------------------------------ tokenizer, model, pairs
 
@@ -286,6 +311,100 @@ def measure_sampler(config: Config, shape: Shape, tokenizer: PreTrainedTokenizer
     report("sampler_s", stats.seconds)
 
 
+# ------------------------------------------------------------------ FTTT
+
+FEEDBACK_TOKENS = 12  # Llama-3.1's feedback turn: <|eot_id|>, the user header, the "incorrect" sentence, <|eot_id|>
+
+
+def word_ids(rng: random.Random, vocab_size: int, count: int) -> list[int]:
+    return [rng.randrange(FIRST_WORD_ID, vocab_size) for _ in range(count)]
+
+
+def timed(device: torch.device, fn: Any) -> tuple[float, Any]:
+    synchronize(device)
+    start = time.perf_counter()
+    value = fn()
+    synchronize(device)
+    return time.perf_counter() - start, value
+
+
+def prefill(model: Any, context: list[int]) -> Any:
+    """The KV cache of ``context`` (prompt + attempt minus its last token), as ``generate`` leaves it."""
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([context], device=model.device), use_cache=True).past_key_values
+
+
+def full_step(trainer: ttt.Trainer, context: list[int], feedback: list[int]) -> float:
+    """One step without the cache: a full forward/backward over context + feedback."""
+    trainer.model.train()
+    with torch.enable_grad():
+        loss = ttt.full_forward_loss(trainer.model, context, feedback)
+        loss.backward()
+    assert trainer.optimizer is not None
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad()
+    return loss.item()
+
+
+def median_step(device: torch.device, step: Any, steps: int, deadline: float) -> tuple[float, int]:
+    """The median wall time of ``steps`` timed calls after one warm-up; stops past ``deadline``."""
+    step()
+    times: list[float] = []
+    for _ in range(steps):
+        times.append(timed(device, step)[0])
+        if elapsed() > deadline:
+            break
+    return statistics.median(times), len(times)
+
+
+def measure_fttt(shape: Shape, tokenizer: PreTrainedTokenizerFast, device: torch.device, dtype: torch.dtype,
+                 deadline: float) -> None:
+    """FTTT's training step through ``fttt.ttt.Trainer``, with and without the attempt's cache."""
+    start = time.perf_counter()
+    model, build_s = build_model(llama_config(shape, tokenizer), device, dtype)
+    report("fttt_build_s", build_s)
+    trainer = ttt.Trainer(Policy(model, tokenizer, SamplingSettings(max_new_tokens=shape.new_tokens)), TTTSettings())
+    trainer.reset(42)
+    trainer.new_optimizer(TTTSettings().learning_rate)
+    report("fttt_lora_params", sum(p.numel() for p in trainer.parameters))
+    report("fttt_lora_dtype", str(trainer.parameters[0].dtype).removeprefix("torch."))
+    rng = random.Random(2)
+    context = word_ids(rng, shape.vocab, shape.fttt_prompt_tokens + shape.fttt_attempt_tokens - 1)
+    feedback = [tokenizer.eos_token_id, *word_ids(rng, shape.vocab, FEEDBACK_TOKENS - 1)]
+    plus = [*feedback[:-1], *word_ids(rng, shape.vocab, shape.fttt_reflection_tokens), feedback[-1]]
+    report("fttt_attempt_tokens", shape.fttt_attempt_tokens)
+    report("fttt_context_tokens", len(context))
+    report("fttt_feedback_tokens", len(feedback))
+    trainer.model.train()
+    prefill(trainer.model, context)  # warm-up
+    prefill_s, cache = timed(device, lambda: prefill(trainer.model, context))
+    report("fttt_prefill_s", prefill_s)
+    trainer.model.eval()
+    with torch.no_grad():
+        cached = ttt.feedback_loss(trainer.model, ttt.clone_cache(cache), feedback).item()
+        full = ttt.full_forward_loss(trainer.model, context, feedback).item()
+    report("fttt_loss_abs_diff", abs(cached - full) + 1e-12)  # + 1e-12: the figure must be positive when exact
+    progress("fttt: stepping with the cache")
+    reset_peak_memory(device)
+    seconds, count = median_step(device, lambda: trainer.step(ttt.clone_cache(cache), feedback),
+                                 shape.fttt_timed_steps, deadline)
+    report("fttt_step_cached_s", seconds)
+    report("fttt_step_cached_peak_gib", peak_memory_gib(device))
+    report("fttt_timed_steps", count)
+    split = FEEDBACK_TOKENS - 2  # part A after the leading end-of-turn, as plus_feedback_ids counts it
+    seconds, _ = median_step(device, lambda: trainer.step(ttt.clone_cache(cache), plus, split=split),
+                             shape.fttt_timed_steps, deadline)
+    report("fttt_plus_step_cached_s", seconds)
+    cache = None  # free the attempt's KV cache before the full-forward variant
+    free_memory(device)
+    progress("fttt: stepping without the cache")
+    reset_peak_memory(device)
+    seconds, _ = median_step(device, lambda: full_step(trainer, context, feedback), shape.fttt_timed_steps, deadline)
+    report("fttt_step_full_s", seconds)
+    report("fttt_step_full_peak_gib", peak_memory_gib(device))
+    report("fttt_s", time.perf_counter() - start)
+
+
 def model_dtype(config: Config) -> torch.dtype:
     """The dtype ``build_trainer`` would load the generator in (bf16 on GPU, fp32 on CPU)."""
     return torch.bfloat16 if use_bf16(config.training) else torch.float32
@@ -317,13 +436,22 @@ def main() -> None:
     overrides = [f"generation.max_new_tokens={shape.new_tokens}"]
     base_config = load_config(None, overrides)
     report_environment(shape, device, model_dtype(base_config))
+    sections = set(args.sections.split(","))
+    if not sections <= set(SECTIONS):
+        sys.exit(f"gpu_check: --sections takes a subset of {','.join(SECTIONS)}")
     deadlines = {"score_dpo": 0.35 * args.budget_s, "score_dpo_precomputed": 0.7 * args.budget_s}
-    for name, variant in VARIANTS.items():
+    for name, variant in VARIANTS.items() if "score_dpo" in sections else ():
         progress(f"{name}: building")
         measure_score_dpo(name, load_config(None, [*overrides, *variant]), shape, tokenizer, device, deadlines[name])
         free_memory(device)
-    progress("sampler: building")
-    measure_sampler(base_config, shape, tokenizer, device)
+    if "sampler" in sections:
+        progress("sampler: building")
+        measure_sampler(base_config, shape, tokenizer, device)
+        free_memory(device)
+    if "fttt" in sections:
+        progress("fttt: building")
+        measure_fttt(shape, tokenizer, device, model_dtype(base_config), elapsed() + args.fttt_budget_s)
+        free_memory(device)
     report("total_s", elapsed())
     if elapsed() > args.budget_s:
         progress(f"warning: the run took longer than --budget-s {args.budget_s:.0f}")
