@@ -53,6 +53,7 @@ class MethodSettings:
     greedy_methods: tuple[str, ...] = ("greedy", "revision", "beam_search")  # run at T = 0 (the scripts' --temperature 0)
     revision_seed: int = 42  # revision.py and greedy hard-code seed 42
     self_consistency_votes: Literal["raw", "normalized"] = "raw"  # raw: the paper (un-normalised strings split the vote)
+    sample_batch: int = _num(1, 1)  # Best-of-N / Self-Consistency samples per generate call; 1: the paper's (one at a time)
 
 
 @dataclass(frozen=True)

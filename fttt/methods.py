@@ -107,14 +107,18 @@ def greedy(ctx: Context, question: Question) -> QuestionResult:
 
 def revision(ctx: Context, question: Question) -> QuestionResult:
     """Sequential revision (2.2): the whole conversation so far is the context; after a
-    failed turn a user turn says the answer is incorrect. The cache carries over turns."""
+    failed turn a user turn says the answer is incorrect. The KV cache carries over turns,
+    so each turn encodes only its feedback (at budget 32 the conversation reaches ~65k
+    tokens; re-encoding it every turn would cost a 32k-token prefill per turn on average)."""
     start, counter = time.perf_counter(), ctx.counter()
     tokenizer, header = ctx.policy.tokenizer, ctx.config.ttt.feedback_assistant_header == "always"
     sequence = ctx.prompt_ids(question)
     followup = chat.followup_ids(tokenizer, question.user_message, RETRY, assistant_header=header)
     verdict: bool | None = None
+    cache = None  # one cache over the growing conversation (the original's SinkCache, L41-43, L66)
     while not counter.exhausted:
-        generation = ctx.policy.generate(sequence, greedy=ctx.greedy)
+        generation = ctx.policy.generate(sequence, greedy=ctx.greedy, keep_cache=True, past_key_values=cache)
+        cache, generation.cache = generation.cache, None
         verdict = ctx.attempt(question, counter, generation).verdict
         if verdict:
             break
@@ -147,11 +151,15 @@ def best_of_n(ctx: Context, question: Question) -> QuestionResult:
     start, counter = time.perf_counter(), ctx.counter()
     prompt = ctx.prompt_ids(question)
     verdict: bool | None = None
-    while not counter.exhausted:
-        verdict = ctx.attempt(question, counter, ctx.policy.generate(prompt, skip_special_tokens=True)).verdict
-        if verdict:
-            break
-    return counter.result(question, paper_num_trials=counter.paper, final_verdict=verdict,
+    while not counter.exhausted and not verdict:
+        batch = min(ctx.config.methods.sample_batch, ctx.budget - counter.used)
+        for generation in ctx.policy.samples(prompt, batch, skip_special_tokens=True):
+            if verdict:  # drawn in the same batch as the success: never checked, never counted
+                ctx.attempt(question, counter, generation, check=False, counted=False, counted_strict=False,
+                            reason="sampled in the batch of the success")
+                continue
+            verdict = ctx.attempt(question, counter, generation).verdict
+    return counter.result(question, paper_num_trials=counter.success_at or counter.paper, final_verdict=verdict,
                           seconds=time.perf_counter() - start)
 
 
@@ -182,9 +190,10 @@ def self_consistency(ctx: Context, question: Question) -> QuestionResult:
     start, counter = time.perf_counter(), ctx.counter()
     prompt = ctx.prompt_ids(question)
     samples: list[tuple[str | None, Generation]] = []
-    for _ in range(ctx.budget):
-        generation = ctx.policy.generate(prompt, skip_special_tokens=True)
-        samples.append((vote_key(ctx, generation.text), generation))
+    while len(samples) < ctx.budget:
+        batch = min(ctx.config.methods.sample_batch, ctx.budget - len(samples))
+        for generation in ctx.policy.samples(prompt, batch, skip_special_tokens=True):
+            samples.append((vote_key(ctx, generation.text), generation))
     judged: dict[str | None, bool | None] = {}
 
     def judge(prefix: int) -> bool | None:

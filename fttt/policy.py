@@ -88,14 +88,23 @@ class Policy:
         skip_special_tokens: bool = False,
         max_new_tokens: int | None = None,
         model: Any = None,
+        past_key_values: Any = None,
     ) -> Generation:
-        """One continuation of ``input_ids`` (T = 0 means greedy, as in the original)."""
+        """One continuation of ``input_ids`` (T = 0 means greedy, as in the original).
+
+        ``past_key_values``: a cache over a prefix of ``input_ids`` (a previous turn's
+        ``cache``), so only the rest is encoded, as the original's Revision reuses its
+        cache across turns; it is extended in place."""
         import torch
 
         start = time.perf_counter()
         model = model if model is not None else self.model
         inputs = torch.tensor([input_ids], device=self.device)
         kwargs = self._decoding(greedy)
+        if past_key_values is not None:
+            if past_key_values.get_seq_length() >= len(input_ids):
+                raise ValueError("past_key_values must cover a strict prefix of input_ids")
+            kwargs["past_key_values"] = past_key_values
         with torch.no_grad():
             out = model.generate(
                 input_ids=inputs,
@@ -116,6 +125,25 @@ class Policy:
             seconds=time.perf_counter() - start,
             cache=out.past_key_values if keep_cache else None,
         )
+
+    def samples(self, input_ids: list[int], n: int, *, skip_special_tokens: bool = False) -> list[Generation]:
+        """``n`` independent samples of ``input_ids`` in one batch (``methods.sample_batch``;
+        the original draws them one call at a time, which ``n`` = 1 reproduces exactly)."""
+        import torch
+
+        if n == 1:
+            return [self.generate(input_ids, skip_special_tokens=skip_special_tokens)]
+        start = time.perf_counter()
+        inputs = torch.tensor([input_ids], device=self.device)
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=self.sampling.max_new_tokens,
+                num_return_sequences=n, pad_token_id=self.pad_id, **self._decoding(False),
+            )
+        seconds = (time.perf_counter() - start) / n
+        rows = [_strip_padding(row[len(input_ids):].tolist(), self.eos_ids, self.pad_id) for row in out]
+        return [Generation(ids=ids, text=self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens),
+                           finished=bool(ids) and ids[-1] in self.eos_ids, seconds=seconds) for ids in rows]
 
     def beams(self, input_ids: list[int], width: int, *, max_new_tokens: int | None = None) -> tuple[list[Generation], int]:
         """``width`` beams returned in rank order (deterministic). On a CUDA out-of-memory

@@ -475,8 +475,11 @@ def write_plots(tables: dict[str, Any], complete: list[dict[str, Any]], out: Pat
 
 
 def _plot_curves(plt: Any, cells: dict[str, Any], title: str) -> Any:
+    from matplotlib.ticker import MaxNLocator
+
     figure, axis = plt.subplots(figsize=(7.5, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^vP*Xh"
     longest = 1
     for i, method in enumerate(METHODS):
         cell = cells.get(method)
@@ -487,11 +490,14 @@ def _plot_curves(plt: Any, cells: dict[str, Any], title: str) -> Any:
         longest = max(longest, len(paper))
         xs = list(range(1, len(paper) + 1))
         n = cell["success"]["n"] if cell.get("success") else 0
-        axis.plot(xs, paper, "-", marker="o" if len(xs) <= 8 else None, color=color,
+        # Distinct markers, shrinking in draw order, so methods on the same values stay visible.
+        axis.plot(xs, paper, "-", marker=markers[i % len(markers)] if len(xs) <= 12 else None, color=color,
+                  markersize=max(4.0, 11.0 - i), markerfacecolor="none" if i % 2 else color, linewidth=1.6,
                   label=f"{PRETTY[method]} ({n} seed{'s' if n != 1 else ''})")
         if strict != paper:
             axis.plot(xs, strict, "--", color=color, label=f"{PRETTY[method]}, strict")
     axis.set_xlim(0.8, longest + 0.2)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylim(-2, 102)
     axis.set_xlabel("budget b (attempts)")
     axis.set_ylabel("success on hard questions (%)")

@@ -68,7 +68,11 @@ def run_method(config: FtttConfig, spec: RunSpec, folder: RunFolder, questions: 
     stage = folder.start(spec.stage, config, force=force)
     results, attempts = stage.log("results.jsonl"), stage.log("attempts.jsonl")
     done = {r["id"]: r for r in results.read()}
-    _drop_stray_attempts(attempts, set(done))
+    dropped = _drop_stray_attempts(attempts, set(done))
+    if dropped["generations"]:  # work a killed session did on an unfinished question: redone, still counted
+        lost = stage.manifest.setdefault("discarded", {"generations": 0, "generated_tokens": 0})
+        for key in lost:
+            lost[key] += dropped[key]
     todo = [q for q in questions if q.id not in done]
     stage.manifest.update(method=spec.method, seed=spec.seed, model=config.model.name, questions=len(questions),
                           **(extra_manifest or {}))
@@ -78,30 +82,32 @@ def run_method(config: FtttConfig, spec: RunSpec, folder: RunFolder, questions: 
     ctx = Context(config, task, policy, judge, record=lambda a: attempts.append(a.as_record()),
                   method=spec.method, seed=spec.seed)
     run = method_function(spec.method)
-    usage = _usage(done.values())
-    stage.save_session(usage)
+    session: list[dict[str, Any]] = []  # this session's questions (sessions[i] holds their usage)
+    stage.save_session(_usage(session))
     try:
         with tqdm(total=len(questions), initial=len(done), desc=f"{spec.method} {folder.label}", unit="q",
                   file=sys.stderr) as bar:
             for question in todo:
                 transformers.set_seed(spec.seed)  # per question, as the original: order does not matter
-                result = run(ctx, question)
-                results.append(result.as_record())
-                done[question.id] = result.as_record()
-                usage = _usage(done.values())
-                stage.save_session(usage, throttle_s=SESSION_SAVE_S)
+                record = run(ctx, question).as_record()
+                results.append(record)
+                done[question.id] = record
+                session.append(record)
+                stage.save_session(_usage(session), throttle_s=SESSION_SAVE_S)
                 bar.update(1)
                 bar.set_postfix(solved=sum(r["success"] for r in done.values()))
     except ScoreFlowError as exc:
-        stage.stop(str(exc), usage)
+        stage.stop(str(exc), _usage(session))
         raise
     finally:
         ctx.close()
         if judge is not None:
             judge.close()
     records = [done[q.id] for q in questions]
-    stage.close_session(usage)
-    return stage.finish(counts=summarize(records, config.methods.budget), usage=usage)
+    stage.close_session(_usage(session))
+    # The stage's usage is the sum over its records, so a resumed run reports what an
+    # uninterrupted one would (work lost to a kill is in no record, and in no session).
+    return stage.finish(counts=summarize(records, config.methods.budget), usage=_usage(records))
 
 
 def _judge(config: FtttConfig, task: Task) -> Any:
@@ -112,11 +118,15 @@ def _judge(config: FtttConfig, task: Task) -> Any:
     return make_judge(config)
 
 
-def _drop_stray_attempts(attempts: Any, finished: set[str]) -> None:
-    """Attempts of a question a killed session did not finish are redone, so dropped."""
-    kept = [a for a in attempts.read() if a["question_id"] in finished]
-    if len(kept) != len(attempts.read()):
+def _drop_stray_attempts(attempts: Any, finished: set[str]) -> dict[str, int]:
+    """Attempts of a question a killed session did not finish are redone, so dropped;
+    returns how much generation that was."""
+    records = attempts.read()
+    kept = [a for a in records if a["question_id"] in finished]
+    stray = [a for a in records if a["question_id"] not in finished]
+    if stray:
         attempts.rewrite(kept)
+    return {"generations": len(stray), "generated_tokens": sum(a["new_tokens"] for a in stray)}
 
 
 def _usage(records: Any) -> dict[str, Any]:

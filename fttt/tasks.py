@@ -112,6 +112,13 @@ class MATH500(Task):
     def extract(self, completion: str) -> str | None:
         return math_answer.extract_boxed(completion)  # raw: equivalent forms split the vote (SPEC 2.6)
 
+    def normalize(self, answer: str) -> str:
+        """The vote key under ``methods.self_consistency_votes: normalized`` (not the paper's)."""
+        try:
+            return math_answer.strip_string(answer)
+        except Exception:  # an answer the normalisation cannot take votes as written
+            return answer
+
     async def verdict(self, question: Question, completion: str, judge: Any = None) -> bool | None:
         # math500_dataset.py L68-76: the reference is the full solution; its last box is the answer.
         predicted = self.extract(completion)
