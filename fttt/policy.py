@@ -34,8 +34,6 @@ class Generation:
 
 def load_policy(config: FtttConfig) -> Policy:
     """The configured model in the configured dtype (explicit: fp32 is the paper's)."""
-    import torch
-
     from scoreflow.models import default_device, load_causal_lm
 
     device = default_device() if config.model.device == "auto" else config.model.device
@@ -43,8 +41,7 @@ def load_policy(config: FtttConfig) -> Policy:
         model, tokenizer = load_causal_lm(config.model.name, config.cache_dir, dtype=config.model.dtype, device=device)
     except OSError as exc:
         raise ScoreFlowError(f"model.name {config.model.name!r}: cannot be loaded ({str(exc).splitlines()[0]})") from None
-    torch.set_grad_enabled(False)
-    return Policy(model, tokenizer, config.sampling)
+    return Policy(model, tokenizer, config.sampling)  # (grad stays on: generation runs under no_grad itself)
 
 
 def fingerprint(model: Any) -> str:

@@ -241,7 +241,7 @@ class Trainer:
         parts: tuple[float, float] | None = None
         for _ in range(steps):
             context = clone_cache(cache) if steps > 1 else cache
-            with torch.enable_grad():  # load_policy turns grad off globally
+            with torch.enable_grad():  # whatever the caller's grad mode (generation runs under no_grad)
                 per_token = token_losses(self.model, context, feedback_ids)
                 loss = combine(per_token, split, coeff)
                 loss.backward()

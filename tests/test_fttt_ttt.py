@@ -9,6 +9,7 @@ verifier rejects every answer, so the path taken does not depend on what SmolLM2
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -45,12 +46,14 @@ def question(qid: str, message: str) -> Question:
 
 
 @pytest.fixture(scope="module")
-def policy() -> Policy:
+def policy() -> Iterator[Policy]:
     from scoreflow.models import load_causal_lm
 
     model, tokenizer = load_causal_lm("smollm2-135m-instruct", ".cache", dtype="float32", device="cpu")
-    torch.set_grad_enabled(False)  # as load_policy leaves it: the trainer must turn grad on itself
-    return Policy(model, tokenizer, SamplingSettings(max_new_tokens=12))
+    previous = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)  # a caller under no_grad: the trainer must turn grad on itself
+    yield Policy(model, tokenizer, SamplingSettings(max_new_tokens=12))
+    torch.set_grad_enabled(previous)  # grad mode is process-wide: later test modules train
 
 
 @pytest.fixture(scope="module")
