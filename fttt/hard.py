@@ -18,7 +18,7 @@ from fttt.runner import RunSpec, filter_identity, prompt_hash, run_method, selec
 from fttt.tasks import get_task
 from fttt.workspace import HARD_STAGE, hard_folder
 from scoreflow.cli import run
-from scoreflow.jsonio import atomic_write_json
+from scoreflow.jsonio import atomic_write_json, read_jsonl
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     identity = filter_identity(config, task)
     spec = RunSpec(args.dataset, "greedy", config.methods.revision_seed, HARD_STAGE)
     manifest = run_method(config, spec, folder, questions, force=args.force, extra_manifest={"filter": identity})
-    results = {r["id"]: r for r in folder_results(folder)}
+    results = {r["id"]: r for r in read_jsonl(folder.path("results.jsonl"))}
     hard = [q for q in questions if results[q.id]["final_verdict"] is not True]
     correct = [q for q in questions if results[q.id]["final_verdict"] is True]
     atomic_write_json(folder.path("hard_ids.json"), {
@@ -49,12 +49,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary_line(manifest, f"{folder.label} (greedy)"))
     print(f"{folder.label}: {len(hard)} hard questions of {len(questions)} -> {folder.path('hard_ids.json')}")
     return 0
-
-
-def folder_results(folder) -> list[dict]:
-    from scoreflow.jsonio import read_jsonl
-
-    return read_jsonl(folder.path("results.jsonl"))
 
 
 if __name__ == "__main__":

@@ -92,55 +92,26 @@ class Policy:
         ``past_key_values``: a cache over a prefix of ``input_ids`` (a previous turn's
         ``cache``), so only the rest is encoded, as the original's Revision reuses its
         cache across turns; it is extended in place."""
-        import torch
-
-        start = time.perf_counter()
-        model = model if model is not None else self.model
-        inputs = torch.tensor([input_ids], device=self.device)
         kwargs = self._decoding(greedy)
         if past_key_values is not None:
             if past_key_values.get_seq_length() >= len(input_ids):
                 raise ValueError("past_key_values must cover a strict prefix of input_ids")
             kwargs["past_key_values"] = past_key_values
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=inputs,
-                attention_mask=torch.ones_like(inputs),
-                max_new_tokens=max_new_tokens or self.sampling.max_new_tokens,
-                num_return_sequences=1,
-                return_dict_in_generate=True,
-                use_cache=True,
-                pad_token_id=self.pad_id,
-                **kwargs,
-            )
-        ids = out.sequences[0, len(input_ids):].tolist()
-        ids = _strip_padding(ids, self.eos_ids, self.pad_id)
-        return Generation(
-            ids=ids,
-            text=self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens),
-            finished=bool(ids) and ids[-1] in self.eos_ids,
-            seconds=time.perf_counter() - start,
-            cache=out.past_key_values if keep_cache else None,
-        )
+        start = time.perf_counter()
+        out = self._generate(input_ids, model=model, max_new_tokens=max_new_tokens, num_return_sequences=1,
+                             return_dict_in_generate=True, use_cache=True, **kwargs)
+        (generation,) = self._rows(out.sequences, len(input_ids), skip_special_tokens, time.perf_counter() - start)
+        generation.cache = out.past_key_values if keep_cache else None
+        return generation
 
     def samples(self, input_ids: list[int], n: int, *, skip_special_tokens: bool = False) -> list[Generation]:
         """``n`` independent samples of ``input_ids`` in one batch (``methods.sample_batch``;
         the original draws them one call at a time, which ``n`` = 1 reproduces exactly)."""
-        import torch
-
         if n == 1:
             return [self.generate(input_ids, skip_special_tokens=skip_special_tokens)]
         start = time.perf_counter()
-        inputs = torch.tensor([input_ids], device=self.device)
-        with torch.no_grad():
-            out = self.model.generate(
-                input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=self.sampling.max_new_tokens,
-                num_return_sequences=n, pad_token_id=self.pad_id, **self._decoding(False),
-            )
-        seconds = (time.perf_counter() - start) / n
-        rows = [_strip_padding(row[len(input_ids):].tolist(), self.eos_ids, self.pad_id) for row in out]
-        return [Generation(ids=ids, text=self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens),
-                           finished=bool(ids) and ids[-1] in self.eos_ids, seconds=seconds) for ids in rows]
+        out = self._generate(input_ids, num_return_sequences=n, **self._decoding(False))
+        return self._rows(out, len(input_ids), skip_special_tokens, (time.perf_counter() - start) / n)
 
     def beams(self, input_ids: list[int], width: int, *, max_new_tokens: int | None = None) -> tuple[list[Generation], int]:
         """``width`` beams returned in rank order (deterministic). On a CUDA out-of-memory
@@ -150,32 +121,38 @@ class Policy:
 
         while width >= 1:
             start = time.perf_counter()
-            inputs = torch.tensor([input_ids], device=self.device)
             try:
-                with torch.no_grad():
-                    out = self.model.generate(
-                        input_ids=inputs,
-                        attention_mask=torch.ones_like(inputs),
-                        max_new_tokens=max_new_tokens or self.sampling.max_new_tokens,
-                        num_beams=width,
-                        num_return_sequences=width,
-                        do_sample=False,
-                        pad_token_id=self.pad_id,
-                    )
+                out = self._generate(input_ids, max_new_tokens=max_new_tokens, num_beams=width,
+                                     num_return_sequences=width, do_sample=False)
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 width //= 2
                 continue
-            seconds = (time.perf_counter() - start) / width
-            generations = []
-            for row in out:
-                ids = _strip_padding(row[len(input_ids):].tolist(), self.eos_ids, self.pad_id)
-                generations.append(Generation(
-                    ids=ids, text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                    finished=bool(ids) and ids[-1] in self.eos_ids, seconds=seconds,
-                ))
-            return generations, width
+            return self._rows(out, len(input_ids), True, (time.perf_counter() - start) / width), width
         raise ScoreFlowError("beam search ran out of GPU memory even at one beam")
+
+    def _generate(self, input_ids: list[int], *, model: Any = None, max_new_tokens: int | None = None,
+                  **kwargs: Any) -> Any:
+        """``model.generate`` on one unpadded prompt, without autograd."""
+        import torch
+
+        inputs = torch.tensor([input_ids], device=self.device)
+        with torch.no_grad():
+            return (model if model is not None else self.model).generate(
+                input_ids=inputs, attention_mask=torch.ones_like(inputs),
+                max_new_tokens=max_new_tokens or self.sampling.max_new_tokens, pad_token_id=self.pad_id, **kwargs,
+            )
+
+    def _rows(self, sequences: Any, prompt_length: int, skip_special_tokens: bool, seconds: float) -> list[Generation]:
+        """Each returned row's new tokens (padding after the first EOS dropped), decoded."""
+        generations = []
+        for row in sequences:
+            ids = _strip_padding(row[prompt_length:].tolist(), self.eos_ids, self.pad_id)
+            generations.append(Generation(
+                ids=ids, text=self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens),
+                finished=bool(ids) and ids[-1] in self.eos_ids, seconds=seconds,
+            ))
+        return generations
 
     def _decoding(self, greedy: bool) -> dict[str, Any]:
         if greedy or self.sampling.temperature == 0:

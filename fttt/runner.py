@@ -106,7 +106,7 @@ def run_method(config: FtttConfig, spec: RunSpec, folder: RunFolder, questions: 
     records = [done[q.id] for q in questions]
     stage.close_session(_usage(session))
     # The stage's usage is the sum over its records, so a resumed run reports what an
-    # uninterrupted one would (work lost to a kill is in no record, and in no session).
+    # uninterrupted one would; work a kill threw away is in the manifest's "discarded".
     return stage.finish(counts=summarize(records, config.methods.budget), usage=_usage(records))
 
 
